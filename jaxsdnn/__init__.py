@@ -1,0 +1,1 @@
+"""jaxsdnn: sparse deep neural networks, partitioned across devices with JAX."""
