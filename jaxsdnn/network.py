@@ -110,7 +110,7 @@ class SparseNetwork:
             bias: a scalar for every neuron of every layer, or one scalar / ``[n_k]`` array per layer.
             cap: ReLU cap, ``None`` for a plain ReLU.
         """
-        if np.ndim(bias) == 0:
+        if isinstance(bias, (int, float, np.number)) or (isinstance(bias, np.ndarray) and bias.ndim == 0):
             biases = [bias] * len(matrices)
         else:
             biases = list(bias)

@@ -1,0 +1,100 @@
+"""Per-device sparse kernels over padded-row blocks (pure JAX functions).
+
+A layer's stored edges live in *buckets*: a bucket is a padded-row block, ``index`` and
+``value`` of shape ``[rows, slots]``: row ``r`` of the block is one output neuron, slot ``s`` one of
+its incoming edges, ``index[r, s]`` the row of the input activation it reads. Rows shorter than
+``slots`` are padded with the out-of-range sentinel ``index == n_in`` (and value 0), which
+``jnp.take(..., mode="fill")`` reads as zero. Rows are grouped into buckets by length so that a
+pruned network with a few long rows does not pay for the longest row everywhere.
+
+Activations are feature-major, ``[neurons, batch]``: a slot gathers *whole rows* of the input,
+which measured 3-4x faster than scipy CSR on this machine (``scripts/bench_kernels.py``) while
+``bcoo_dot_general`` and a dense matmul were slower than scipy.
+
+These functions see one device's arrays; ``engine`` calls them directly and ``sharded`` calls them
+inside ``shard_map``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+__all__ = [
+    "activation",
+    "activation_mask",
+    "bucketed_spmm",
+    "gather_rows",
+    "padded_spmm",
+    "sampled_dense_dense",
+]
+
+
+def gather_rows(x: jax.Array, index: jax.Array) -> jax.Array:
+    """``x[index]`` along axis 0 with zeros for sentinel (out-of-range) indices.
+
+    Args:
+        x: ``[n, batch]``.
+        index: ``[m]`` int32; entries ``>= n`` are padding and give zero rows.
+
+    Returns:
+        ``[m, batch]``.
+    """
+    return jnp.take(x, index, axis=0, mode="fill", fill_value=0)
+
+
+def padded_spmm(x: jax.Array, index: jax.Array, value: jax.Array) -> jax.Array:
+    """One padded-row block times a feature-major activation.
+
+    ``out[r, :] = sum_s value[r, s] * x[index[r, s], :]``, as a loop over slots that each gather
+    whole rows (XLA fuses the loop into one pass over the output).
+
+    Args:
+        x: ``[n_in, batch]`` input activation.
+        index: ``[rows, slots]`` int32, sentinel ``n_in`` (or larger) for padding.
+        value: ``[rows, slots]`` float, 0 at padding.
+
+    Returns:
+        ``[rows, batch]``.
+    """
+    rows, slots = index.shape
+    acc = jnp.zeros((rows, x.shape[1]), x.dtype)
+    for s in range(slots):
+        acc = acc + value[:, s, None] * gather_rows(x, index[:, s])
+    return acc
+
+
+def bucketed_spmm(x: jax.Array, index: Sequence[jax.Array], value: Sequence[jax.Array]) -> jax.Array:
+    """Several buckets, outputs stacked in bucket order: ``[sum of rows, batch]``."""
+    outs = [padded_spmm(x, i, v) for i, v in zip(index, value)]
+    return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=0)
+
+
+def sampled_dense_dense(dz: jax.Array, x: jax.Array, index: jax.Array) -> jax.Array:
+    """Weight gradient of one bucket: ``g[r, s] = sum_b dz[r, b] * x[index[r, s], b]``.
+
+    Args:
+        dz: ``[rows, batch]`` gradient of the bucket's pre-activations.
+        x: ``[n_in, batch]`` the input activation the forward pass read.
+        index: ``[rows, slots]`` the bucket's indices (sentinel reads zero, so padded slots get 0).
+
+    Returns:
+        ``[rows, slots]``.
+    """
+    cols = [jnp.sum(dz * gather_rows(x, index[:, s]), axis=1) for s in range(index.shape[1])]
+    if not cols:
+        return jnp.zeros(index.shape, dz.dtype)
+    return jnp.stack(cols, axis=1)
+
+
+def activation(z: jax.Array, cap: float | None) -> jax.Array:
+    """ReLU, capped at ``cap`` when it is not None (Graph Challenge: 32)."""
+    return jnp.maximum(z, 0) if cap is None else jnp.clip(z, 0, cap)
+
+
+def activation_mask(z: jax.Array, cap: float | None) -> jax.Array:
+    """Derivative of :func:`activation` (1 where it passes ``z`` through, else 0), dtype of ``z``."""
+    mask = z > 0 if cap is None else (z > 0) & (z < cap)
+    return mask.astype(z.dtype)
