@@ -142,10 +142,15 @@ def put_labels(sn: ShardedNetwork, labels: np.ndarray) -> jax.Array:
 # ----------------------------------------------------------------------------------------------
 def _exchange(x_prev, t: LayerTables, rounds, axis):
     """Extended input: own rows, then what each round brings (``[n_ext, batch]``)."""
+    if not rounds:
+        return x_prev
+    # Materialise the layer output once: without the barrier XLA fuses the previous layer's
+    # whole spmm into both the send gathers and the concatenation (measured 8x slower).
+    x_prev = jax.lax.optimization_barrier(x_prev)
     recv = [
         jax.lax.ppermute(kernels.gather_rows(x_prev, send), axis, pairs) for send, pairs in zip(t.send, rounds)
     ]
-    return jnp.concatenate([x_prev, *recv], axis=0) if recv else x_prev
+    return jax.lax.optimization_barrier(jnp.concatenate([x_prev, *recv], axis=0)) if recv else x_prev
 
 
 def _return_partials(dxext, n_prev, t: LayerTables, rounds, axis):
