@@ -106,6 +106,12 @@ def make_mesh(model: int, data: int = 1, devices=None) -> Mesh:
     return Mesh(grid, (MODEL_AXIS, DATA_AXIS))
 
 
+def _global_array(a: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """A global array from a host array every process holds (works across hosts too)."""
+    a = np.asarray(a)
+    return jax.make_array_from_callback(a.shape, sharding, lambda index: a[index])
+
+
 def _device_tables(plan: Plan) -> DeviceTables:
     ids = plan.local_ids[-1]
     P, n_last = ids.shape
@@ -123,18 +129,18 @@ def shard_network(plan: Plan, network, mesh: Mesh) -> ShardedNetwork:
             f"{mesh.shape[MODEL_AXIS]} devices"
         )
     by_model = NamedSharding(mesh, Spec(MODEL_AXIS))
-    put = lambda tree: jax.tree.map(lambda a: jax.device_put(np.asarray(a), by_model), tree)  # noqa: E731
+    put = lambda tree: jax.tree.map(lambda a: _global_array(a, by_model), tree)  # noqa: E731
     return ShardedNetwork(plan, mesh, put(layout_values(plan, network)), put(_device_tables(plan)))
 
 
 def put_inputs(sn: ShardedNetwork, x_local: np.ndarray) -> jax.Array:
     """Feature-major inputs ``[P, n_local[0], batch]`` onto the mesh (batch over the data axis)."""
-    return jax.device_put(x_local, NamedSharding(sn.mesh, Spec(MODEL_AXIS, None, DATA_AXIS)))
+    return _global_array(x_local, NamedSharding(sn.mesh, Spec(MODEL_AXIS, None, DATA_AXIS)))
 
 
 def put_labels(sn: ShardedNetwork, labels: np.ndarray) -> jax.Array:
     """Labels ``[batch]`` int32 onto the mesh (split over the data axis)."""
-    return jax.device_put(np.asarray(labels, np.int32), NamedSharding(sn.mesh, Spec(DATA_AXIS)))
+    return _global_array(np.asarray(labels, np.int32), NamedSharding(sn.mesh, Spec(DATA_AXIS)))
 
 
 # ----------------------------------------------------------------------------------------------

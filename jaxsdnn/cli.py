@@ -1,0 +1,296 @@
+"""The ``jaxsdnn`` command line: generate, partition, infer, train.
+
+Device setup (simulated CPU devices, ``jax.distributed``) happens here, before JAX starts its
+backend, never at import of the library. Errors in the input become one line on stderr and exit
+status 2; ``--json`` makes the last line of stdout one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+__all__ = ["main"]
+
+
+class UsageError(ValueError):
+    """A problem with the command line itself."""
+
+
+# ----------------------------------------------------------------------------------------------
+# devices
+# ----------------------------------------------------------------------------------------------
+def _add_device_args(p: argparse.ArgumentParser, parallel: bool = True) -> None:
+    g = p.add_argument_group("devices")
+    g.add_argument("--devices", type=int, default=None, help="devices on the model axis (neuron partition); "
+                   "simulated CPU devices when no accelerator is present")
+    if parallel:
+        g.add_argument("--data-parallel", type=int, default=1, help="devices on the data (batch) axis")
+    g.add_argument("--coordinator", default=os.environ.get("JAXSDNN_COORDINATOR"),
+                   help="HOST:PORT of process 0 for multi-host runs (env JAXSDNN_COORDINATOR)")
+    g.add_argument("--num-processes", type=int, default=_env_int("JAXSDNN_NUM_PROCESSES"),
+                   help="processes in a multi-host run (env JAXSDNN_NUM_PROCESSES)")
+    g.add_argument("--process-id", type=int, default=_env_int("JAXSDNN_PROCESS_ID"),
+                   help="this process's id in [0, num-processes) (env JAXSDNN_PROCESS_ID)")
+    g.add_argument("--init-timeout", type=int, default=60,
+                   help="seconds to wait for the other processes / the coordinator (default 60)")
+
+
+def _env_int(name: str) -> int | None:
+    v = os.environ.get(name)
+    if v is None:
+        return None
+    try:
+        return int(v)
+    except ValueError:
+        raise UsageError(f"environment variable {name}={v!r} is not an integer") from None
+
+
+def _setup_devices(args, needed: int):
+    """Initialises JAX for ``needed`` devices; returns the device list to build the mesh from."""
+    import jax
+
+    multi = args.coordinator or args.num_processes or args.process_id is not None
+    if multi:
+        if not (args.coordinator and args.num_processes and args.process_id is not None):
+            raise UsageError("multi-host runs need --coordinator, --num-processes and --process-id together")
+        if not 0 <= args.process_id < args.num_processes:
+            raise UsageError(f"--process-id {args.process_id} is not in [0, {args.num_processes})")
+        if needed % args.num_processes:
+            raise UsageError(f"{needed} devices cannot be split evenly over {args.num_processes} processes")
+        local = needed // args.num_processes
+        jax.config.update("jax_num_cpu_devices", local)
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        try:
+            jax.distributed.initialize(
+                args.coordinator,
+                args.num_processes,
+                args.process_id,
+                initialization_timeout=args.init_timeout,
+            )
+        except Exception as e:  # the runtime raises plain RuntimeError / XlaRuntimeError
+            raise UsageError(
+                f"could not join the multi-host run at {args.coordinator} as process {args.process_id} of "
+                f"{args.num_processes} within {args.init_timeout} s: {str(e).splitlines()[0][:300]}"
+            ) from None
+    else:
+        jax.config.update("jax_num_cpu_devices", max(1, needed))
+    devices = jax.devices()
+    if len(devices) < needed:
+        devices = jax.devices("cpu")
+    if len(devices) < needed:
+        raise UsageError(f"{needed} devices requested, {len(devices)} available")
+    return devices[:needed]
+
+
+def _is_writer() -> bool:
+    import jax
+
+    return jax.process_index() == 0
+
+
+# ----------------------------------------------------------------------------------------------
+# commands
+# ----------------------------------------------------------------------------------------------
+def _cmd_generate(args) -> dict:
+    from jaxsdnn import io, radixnet
+
+    net = radixnet.radixnet(args.neurons, args.layers, seed=args.seed)
+    written = io.write_network(net, args.out)
+    out = {"network": str(args.out), "layers": net.num_layers, "neurons": args.neurons, "nnz": net.total_nnz,
+           "files": len(written)}
+    if args.images:
+        imgs = radixnet.random_images(args.neurons, args.images, args.density, seed=args.seed)
+        path = os.path.join(args.out, f"sparse-images-{args.neurons}.tsv")
+        io.write_images(path, imgs)
+        out.update(images=args.images, images_file=path)
+    print(f"wrote {net.num_layers} layers of {args.neurons} neurons to {args.out}", file=sys.stderr)
+    return out
+
+
+def _read_network(args):
+    from jaxsdnn import io
+
+    return io.read_network(args.network, num_layers=args.layers, bias=args.bias)
+
+
+def _cmd_partition(args) -> dict:
+    from jaxsdnn import metrics, partition
+
+    net = _read_network(args)
+    t0 = time.perf_counter()
+    part = partition.partition_network(net, args.parts, method=args.method, epsilon=args.epsilon,
+                                       seed=args.seed, threads=args.threads)
+    seconds = time.perf_counter() - t0
+    partition.save_partition(args.out, part)
+    m = metrics.partition_metrics(net, part)
+    print(f"{args.method} partition into {args.parts} parts: volume {m['volume']}, worst layer imbalance "
+          f"{m['max_imbalance']:.4f}, {seconds:.1f} s -> {args.out}", file=sys.stderr)
+    return {"volume": int(m["volume"]), "per_layer_volume": [int(v) for v in m["per_layer_volume"]],
+            "max_imbalance": float(m["max_imbalance"]), "seconds": seconds, "parts": args.parts,
+            "method": args.method, "out": str(args.out)}
+
+
+def _cmd_infer(args) -> dict:
+    import numpy as np
+
+    if args.partition and args.method:
+        raise UsageError("give either --partition FILE or --method M, not both")
+    model = args.devices or 1
+    if args.partition and args.devices is None:
+        import zipfile
+
+        try:
+            with np.load(args.partition) as z:
+                model = int(z["parts"])
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
+            raise ValueError(f"{args.partition}: not a readable partition file ({e})") from None
+    if args.data_parallel < 1 or model < 1:
+        raise UsageError("--devices and --data-parallel must be >= 1")
+    devices = _setup_devices(args, model * args.data_parallel)
+
+    from jaxsdnn import engine, io, partition, sharded
+
+    net = _read_network(args)
+    images = io.read_images(args.images, num_features=net.sizes[0])
+    part = None
+    if args.partition:
+        part = partition.load_partition(args.partition, network=net)
+        if part.num_parts != model:
+            raise UsageError(f"{args.partition} has {part.num_parts} parts but --devices is {model}")
+    elif model > 1:
+        part = partition.partition_network(net, model, method=args.method or "kahypar", seed=args.seed)
+    mesh = sharded.make_mesh(model, args.data_parallel, devices=devices)
+    result = engine.run_inference(net, images, partition=part, mesh=mesh, batch_size=args.batch_size)
+    if _is_writer():
+        io.write_categories(args.out, result.categories)
+        if args.scores:
+            from jaxsdnn._atomic import atomic_write
+
+            with atomic_write(args.scores, "wb") as f:
+                np.save(f, result.scores)
+    out = {
+        "categories": int(result.categories.size),
+        "seconds": result.seconds,
+        "compile_seconds": result.compile_seconds,
+        "edges_per_second": result.edges_per_second,
+        "layers": net.num_layers,
+        "images": int(images.shape[0]),
+        "devices": model * args.data_parallel,
+        "model_parallel": model,
+        "data_parallel": args.data_parallel,
+        "volume_per_sample": result.stats["volume_per_sample"],
+        "padded_volume_per_sample": result.stats["padded_volume_per_sample"],
+        "rounds": result.stats["rounds"],
+        "out": str(args.out),
+    }
+    if args.truth:
+        truth = io.read_categories(args.truth)
+        out["matches_truth"] = bool(np.array_equal(truth, result.categories))
+    print(f"{out['categories']} categories from {out['images']} images through {out['layers']} layers on "
+          f"{out['devices']} device(s): {result.seconds:.3f} s, {result.edges_per_second:.3g} edges/s"
+          + (f", matches truth: {out['matches_truth']}" if args.truth else ""), file=sys.stderr)
+    if args.truth and not out["matches_truth"]:
+        out["_exit"] = 1
+    return out
+
+
+def _cmd_train(args) -> dict:
+    from jaxsdnn import config as config_lib
+
+    cfg = config_lib.load_config(args.config, args.set or [])
+    model = args.devices or config_lib.get(cfg, "devices")
+    data = args.data_parallel or config_lib.get(cfg, "data_parallel")
+    devices = _setup_devices(args, model * data)
+    from jaxsdnn import train
+
+    return train.train(cfg, args.run_dir, resume=args.resume, devices=devices, model_parallel=model,
+                       data_parallel=data, method=args.method, progress=not args.json)
+
+
+# ----------------------------------------------------------------------------------------------
+# parser
+# ----------------------------------------------------------------------------------------------
+def _positive_int(v: str) -> int:
+    i = int(v)
+    if i < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
+    return i
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jaxsdnn", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="write a RadiX-Net in the Graph Challenge layout")
+    g.add_argument("--neurons", type=_positive_int, required=True)
+    g.add_argument("--layers", type=_positive_int, required=True)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--out", required=True)
+    g.add_argument("--images", type=int, default=0, help="also write this many random binary images")
+    g.add_argument("--density", type=float, default=0.1, help="density of the random images")
+    g.add_argument("--json", action="store_true")
+
+    def network_args(p):
+        p.add_argument("--network", required=True, help="directory of n{N}-l{k}.tsv[.gz] files")
+        p.add_argument("--layers", type=_positive_int, default=None, help="use only the first L layers")
+        p.add_argument("--bias", type=float, default=None, help="bias of every neuron (default: by N)")
+
+    pa = sub.add_parser("partition", help="partition the neurons of every layer over devices")
+    network_args(pa)
+    pa.add_argument("--parts", type=int, required=True)
+    pa.add_argument("--method", default="kahypar", choices=["block", "random", "kahypar", "mtkahypar"])
+    pa.add_argument("--epsilon", type=float, default=0.03)
+    pa.add_argument("--seed", type=int, default=0)
+    pa.add_argument("--threads", type=_positive_int, default=1, help="Mt-KaHyPar threads")
+    pa.add_argument("--out", required=True)
+    pa.add_argument("--json", action="store_true")
+
+    i = sub.add_parser("infer", help="run inference and write the categories")
+    network_args(i)
+    i.add_argument("--images", required=True, help="images .tsv[.gz] or .mtx")
+    i.add_argument("--out", required=True, help="categories file to write")
+    i.add_argument("--batch-size", type=_positive_int, default=None)
+    i.add_argument("--scores", default=None, help="save the last layer's activations (.npy)")
+    i.add_argument("--truth", default=None, help="categories file to compare with (exit 1 on mismatch)")
+    i.add_argument("--method", default=None, choices=["block", "random", "kahypar", "mtkahypar"],
+                   help="partitioner when --devices > 1 (default kahypar)")
+    i.add_argument("--partition", default=None, help="a partition .npz from `jaxsdnn partition`")
+    i.add_argument("--seed", type=int, default=0)
+    i.add_argument("--json", action="store_true")
+    _add_device_args(i)
+
+    t = sub.add_parser("train", help="train a sparse network from a config")
+    t.add_argument("--config", required=True)
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
+    t.add_argument("--run-dir", default=None, help="where metrics and checkpoints go (default runs/<name>)")
+    t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --run-dir")
+    t.add_argument("--method", default=None, choices=["block", "random", "kahypar", "mtkahypar"])
+    t.add_argument("--json", action="store_true")
+    _add_device_args(t)
+    t.set_defaults(data_parallel=None)
+    return parser
+
+
+COMMANDS = {"generate": _cmd_generate, "partition": _cmd_partition, "infer": _cmd_infer, "train": _cmd_train}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        out = COMMANDS[args.command](args)
+    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
+        msg = str(e) if not isinstance(e, OSError) or not e.filename else f"{e.filename}: {e.strerror}"
+        print(f"jaxsdnn {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    code = int(out.pop("_exit", 0)) if isinstance(out, dict) else 0
+    if getattr(args, "json", False) and isinstance(out, dict):
+        print(json.dumps(out))
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""Communication plan: hand-written tables on a toy network, invariants on random ones."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from conftest import random_network, random_parts
+
+from jaxsdnn import hypergraph
+from jaxsdnn.network import SparseNetwork
+from jaxsdnn.plan import build_plan, choose_bucket_widths, schedule_rounds
+
+
+def toy():
+    # inputs 0..3 -> outputs 0..2 ; edges (in, out)
+    edges = [(0, 0), (2, 0), (1, 1), (3, 1), (0, 2), (3, 2)]
+    r, c = zip(*edges)
+    w = sp.coo_array((np.arange(1, 7, dtype=np.float32), (r, c)), shape=(4, 3))
+    net = SparseNetwork.from_scipy([w], 0.0)
+    parts = [np.array([0, 0, 1, 1]), np.array([0, 1, 1])]
+    return net, parts
+
+
+def test_toy_plan_tables_by_hand():
+    net, parts = toy()
+    plan = build_plan(net, parts)
+    t = plan.tables[0]
+    # device 0 sends entries 0 and 1 to device 1, device 1 sends entry 2 to device 0: one round
+    assert plan.rounds[0] == (((0, 1), (1, 0)),)
+    np.testing.assert_array_equal(plan.volume[0], [[0, 2], [1, 0]])
+    np.testing.assert_array_equal(t.send[0], [[0, 1], [0, 2]])  # dev1 pads with sentinel n_local0=2
+    # extended input: [own 2 rows | 2 received] -> n_ext = 4 = sentinel
+    np.testing.assert_array_equal(t.index[0][0], [[0, 2], [4, 4]])  # out0 reads in0 (own), in2 (recv)
+    np.testing.assert_array_equal(t.index[0][1], [[3, 1], [2, 1]])  # out1: in1, in3 ; out2: in0, in3
+    np.testing.assert_array_equal(plan.local_ids[1], [[0, -1], [1, 2]])
+    # returned partial sums: dev0 rows 0,1 were sent in round 0 at positions 0,1; dev1 row 0 at 0
+    np.testing.assert_array_equal(t.fold[0], [[0], [1]])
+    np.testing.assert_array_equal(t.fold[1], [[0], [2]])  # row 1 of dev1 was never sent: sentinel 2
+    assert plan.needed_volume().tolist() == [3]
+    assert plan.padded_volume().tolist() == [4]
+
+
+def _simulate_exchange(plan, k, x_global):
+    """NumPy model of the exchange before layer k: each device's extended input."""
+    P = plan.num_parts
+    ids = plan.local_ids[k - 1]
+    local = np.where(ids >= 0, x_global[np.maximum(ids, 0)], 0.0)  # [P, n_local]
+    t = plan.tables[k - 1]
+    ext = [list(local[p]) for p in range(P)]
+    for send, pairs in zip(t.send, plan.rounds[k - 1]):
+        got = {q: None for q in range(P)}
+        for p, q in pairs:
+            msg = [local[p][i] if i < local.shape[1] else 0.0 for i in send[p]]
+            got[q] = msg
+        for q in range(P):
+            ext[q].extend(got[q] if got[q] is not None else [0.0] * send.shape[1])
+    return [np.array(e) for e in ext]
+
+
+@pytest.mark.parametrize("num_parts", [2, 3, 5])
+def test_every_needed_entry_delivered(num_parts):
+    net = random_network([23, 19, 31, 12], density=0.2, seed=num_parts)
+    parts = random_parts(net, num_parts, seed=1)
+    plan = build_plan(net, parts)
+    for k in range(1, net.num_layers + 1):
+        x = np.arange(1, net.sizes[k - 1] + 1, dtype=float)  # entry i carries value i+1
+        ext = _simulate_exchange(plan, k, x)
+        w = net.weights[k - 1].tocoo()
+        idx_flat = np.concatenate([i.reshape(num_parts, -1) for i in plan.tables[k - 1].index], axis=1)
+        # every edge's slot reads exactly its source entry on the owner of its output neuron
+        slot = plan.edge_slot[k - 1]
+        for e in range(w.nnz):
+            shapes = [i.shape for i in plan.tables[k - 1].index]
+            offs = np.cumsum([0] + [int(np.prod(s)) for s in shapes])
+            b = int(np.searchsorted(offs, slot[e], side="right") - 1)
+            dev, rest = divmod(int(slot[e] - offs[b]), int(np.prod(shapes[b][1:])))
+            pos = plan.tables[k - 1].index[b][dev].reshape(-1)[rest]
+            assert dev == parts[k][w.col[e]]
+            assert ext[dev][pos] == w.row[e] + 1
+        # padding slots read the sentinel
+        assert idx_flat.max() == len(ext[0])
+
+
+@pytest.mark.parametrize("num_parts", [1, 2, 4, 7])
+def test_moved_entries_equal_connectivity_volume(num_parts):
+    net = random_network([40, 33, 27, 45, 10], density=0.15, seed=7)
+    parts = random_parts(net, num_parts, seed=3)
+    plan = build_plan(net, parts)
+    total, per_layer = hypergraph.connectivity_volume(net, parts)
+    moved = [sum(int((s < plan.n_local[k]).sum()) for s in plan.tables[k].send) for k in range(net.num_layers)]
+    np.testing.assert_array_equal(moved, per_layer)
+    np.testing.assert_array_equal(plan.needed_volume(), per_layer)
+    assert plan.stats()["volume_per_sample"] == total
+    assert (plan.padded_volume() >= plan.needed_volume()).all()
+    if num_parts == 1:
+        assert plan.rounds_per_layer().sum() == 0
+
+
+def test_rounds_are_partial_permutations_without_idle_pairs():
+    rng = np.random.default_rng(0)
+    vol = rng.integers(0, 5, (6, 6)) * (rng.random((6, 6)) < 0.6)
+    np.fill_diagonal(vol, 0)
+    rounds = schedule_rounds(vol)
+    seen = set()
+    for pairs in rounds:
+        assert len({p for p, _ in pairs}) == len(pairs)
+        assert len({q for _, q in pairs}) == len(pairs)
+        for p, q in pairs:
+            assert vol[p, q] > 0
+            seen.add((p, q))
+    assert seen == {(int(p), int(q)) for p, q in zip(*np.nonzero(vol))}
+
+
+def test_bucket_widths():
+    assert choose_bucket_widths(np.full(100, 32)).tolist() == [32]
+    lengths = np.concatenate([np.full(1000, 4), np.full(10, 300)])
+    widths = choose_bucket_widths(lengths)
+    assert widths[-1] == 300 and len(widths) >= 2
+    padded = sum(w * ((lengths <= w) & (lengths > lo)).sum() for lo, w in zip([-1, *widths[:-1]], widths))
+    assert padded < 0.5 * lengths.size * lengths.max()
+
+
+def test_plan_rejects_bad_partitions():
+    net = random_network([10, 6, 4], seed=0)
+    with pytest.raises(ValueError, match="layer 2 has 4 neurons, fewer than the 5 devices"):
+        build_plan(net, [np.arange(10) % 5, np.arange(6) % 5, np.arange(4) % 4])
+    with pytest.raises(ValueError, match=r"partition layer1: .*does not match the network's 6 neurons"):
+        build_plan(net, [np.zeros(10, int), np.zeros(5, int), np.zeros(4, int)])
+    with pytest.raises(ValueError, match="partition has 2 layers"):
+        build_plan(net, [np.zeros(10, int), np.zeros(6, int)])
