@@ -145,7 +145,7 @@ def _cmd_infer(args) -> dict:
 
         try:
             with np.load(args.partition) as z:
-                model = int(z["parts"])
+                model = int(z["num_parts"])
         except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
             raise ValueError(f"{args.partition}: not a readable partition file ({e})") from None
     if args.data_parallel < 1 or model < 1:

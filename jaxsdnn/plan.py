@@ -45,12 +45,16 @@ def _width_grid(max_len: int) -> np.ndarray:
     return np.array(sorted(g for g in grid if g <= max_len), dtype=np.int64)
 
 
-def choose_bucket_widths(lengths: np.ndarray, max_buckets: int = 6, overhead: float = 0.02) -> np.ndarray:
+def choose_bucket_widths(
+    lengths: np.ndarray, max_buckets: int = 6, overhead: float = 0.02, min_overhead: int = 4096
+) -> np.ndarray:
     """Bucket widths (padded row lengths) for rows of the given lengths.
 
-    Minimises ``sum_b width_b * rows_b + overhead * sum(lengths) * (#buckets - 1)`` over at most
+    Minimises ``sum_b width_b * rows_b + penalty * (#buckets - 1)`` over at most
     ``max_buckets`` buckets whose widths come from a grid (every length up to 8, then steps of
-    12.5%), by dynamic programming. Rows of equal length give one bucket.
+    12.5%), by dynamic programming, with ``penalty = max(overhead * sum(lengths), min_overhead)``
+    slots (a bucket costs a loop and a concatenation). Rows of equal length give one bucket, and
+    so do small layers.
 
     Args:
         lengths: ``[rows]`` non-negative ints.
@@ -69,7 +73,7 @@ def choose_bucket_widths(lengths: np.ndarray, max_buckets: int = 6, overhead: fl
     widths, cnt = grid[used].astype(np.float64), counts[used]
     m = used.size
     cum = np.concatenate([[0.0], np.cumsum(cnt)])
-    penalty = overhead * float(lengths.sum())
+    penalty = max(overhead * float(lengths.sum()), float(min_overhead))
     inf = np.inf
     # best[j][b]: cost of covering the first j used widths with b buckets (last bucket ends at j)
     best = np.full((m + 1, max_buckets + 1), inf)
