@@ -1,0 +1,150 @@
+"""Sharded inference and training on the real Graph Challenge network (1024 neurons, 120 layers).
+
+For 1, 2, 4 and 8 simulated CPU devices and every partitioner: edges/s of the sharded engine next
+to the single-device engine (measured in this same run), the plan statistics (needed and padded
+volume per sample, rounds), and padded / needed volume. Then one training step (forward, backward,
+optimizer update) against the forward pass alone, on 1 and 4 devices at batch 1000.
+
+The simulated devices share this machine's cores: the ratio to one device bounds the overhead of
+the exchange machinery, it is not a speed-up. Timings are medians after a warm-up; compilation is
+reported apart.
+
+    python scripts/bench_sharded.py [--quick] [--repeats 3] [--out bench_out]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import jax
+
+jax.config.update("jax_num_cpu_devices", 8)
+
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+from jaxsdnn import engine, io, partition, sharded  # noqa: E402
+from jaxsdnn import plan as plan_lib  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GC = os.path.join(ROOT, "data", "graphchallenge")
+
+
+def get_partition(net, parts, method, cache_dir):
+    path = os.path.join(cache_dir, f"partition-gc1024-{net.num_layers}-{method}-{parts}.npz")
+    if os.path.exists(path):
+        return partition.load_partition(path, net), float("nan")
+    t0 = time.perf_counter()
+    p = partition.partition_network(net, parts, method=method, seed=0)
+    seconds = time.perf_counter() - t0
+    partition.save_partition(path, p)
+    return p, seconds
+
+
+def median_time(fn, repeats):
+    jax.block_until_ready(fn())
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        ts.append(time.perf_counter() - t0)
+    return float(np.median(ts))
+
+
+def train_vs_forward(net, images, part, model, batch, repeats):
+    """(forward seconds, train-step seconds, compile seconds of the step) at ``batch``."""
+    parts = plan_lib.parts_single_device(net) if part is None else part
+    plan = plan_lib.build_plan(net, parts)
+    sn = sharded.shard_network(plan, net, sharded.make_mesh(model, 1))
+    rng = np.random.default_rng(0)
+    x = sharded.put_inputs(sn, plan_lib.inputs_to_local(plan, images[:batch]))
+    y = sharded.put_labels(sn, rng.integers(0, net.sizes[-1], batch))
+    forward = sharded.sharded_forward(sn)
+    loss_and_grads = sharded.sharded_loss_and_grads(sn, batch)
+    opt = optax.sgd(1e-3)
+    state = opt.init(sn.params)
+
+    @jax.jit
+    def step(params, state, tables, x, y):
+        loss, grads = loss_and_grads(params, tables, x, y)
+        updates, state = opt.update(grads, state, params)
+        return optax.apply_updates(params, updates), state, loss
+
+    t0 = time.perf_counter()
+    jax.block_until_ready(step(sn.params, state, sn.tables, x, y))
+    compile_s = time.perf_counter() - t0
+    t_fwd = median_time(lambda: forward(sn.params, sn.tables, x), repeats)
+    t_step = median_time(lambda: step(sn.params, state, sn.tables, x, y), repeats)
+    return t_fwd, t_step, compile_s
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="24 layers, P in {1, 4}, kahypar and random only")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", default="bench_out")
+    ap.add_argument("--skip-train", action="store_true")
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+
+    layers = 24 if args.quick else 120
+    net = io.read_network(os.path.join(GC, "neuron1024"), num_layers=layers)
+    images = io.read_images(os.path.join(GC, "sparse-images-1024_subset.mtx"), num_features=1024)
+    truth = io.read_categories(os.path.join(GC, "neuron1024-l120-categories_subset.mtx"))
+    device_counts = (1, 4) if args.quick else (1, 2, 4, 8)
+    methods = ("random", "kahypar") if args.quick else partition.METHODS
+
+    base = engine.run_inference(net, images, repeats=args.repeats)
+    rows = [{"devices": 1, "method": "single-device engine", "edges_per_second": base.edges_per_second,
+             "ratio": 1.0, "compile_s": base.compile_seconds, "volume": 0, "padded": 0, "rounds": 0,
+             "partition_s": 0.0, "correct": bool(layers < 120 or np.array_equal(base.categories, truth))}]
+    for P in device_counts:
+        if P == 1:
+            continue
+        for method in methods:
+            part, part_s = get_partition(net, P, method, args.out)
+            r = engine.run_inference(net, images, partition=part, mesh=sharded.make_mesh(P, 1), repeats=args.repeats)
+            rows.append({
+                "devices": P, "method": method, "edges_per_second": r.edges_per_second,
+                "ratio": r.edges_per_second / base.edges_per_second, "compile_s": r.compile_seconds,
+                "volume": r.stats["volume_per_sample"], "padded": r.stats["padded_volume_per_sample"],
+                "rounds": r.stats["rounds"], "partition_s": part_s,
+                "correct": bool(np.array_equal(r.categories, base.categories)),
+            })
+            print(f"P={P} {method}: {r.edges_per_second:.3g} edges/s", file=sys.stderr)
+
+    info = (f"machine: {platform.machine()}, {os.cpu_count()} cpus, jax {jax.__version__} "
+            f"({jax.default_backend()}, {len(jax.devices())} simulated devices); network 1024 x {layers}, "
+            f"{images.shape[0]} images")
+    lines = [f"# Sharded inference ({info})", "",
+             "| devices | partition | edges/s | vs 1 device | volume/sample | padded/sample | padded/needed | rounds | compile s | partition s | same categories |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        pn = r["padded"] / r["volume"] if r["volume"] else float("nan")
+        lines.append(f"| {r['devices']} | {r['method']} | {r['edges_per_second']:.3g} | {r['ratio']:.2f}x | {r['volume']} | "
+                     f"{r['padded']} | {pn:.3f} | {r['rounds']} | {r['compile_s']:.1f} | {r['partition_s']:.1f} | {r['correct']} |")
+
+    if not args.skip_train:
+        lines += ["", f"## One training step vs the forward pass (batch 1000, {layers} layers, SGD)", "",
+                  "| devices | partition | forward s | train step s | step / forward | step compile s |", "|---|---|---|---|---|---|"]
+        for P in (1, 4):
+            part = None if P == 1 else get_partition(net, P, "kahypar", args.out)[0]
+            t_fwd, t_step, c = train_vs_forward(net, images, part, P, 1000, args.repeats)
+            lines.append(f"| {P} | {'-' if P == 1 else 'kahypar'} | {t_fwd:.3f} | {t_step:.3f} | {t_step / t_fwd:.2f}x | {c:.1f} |")
+            print(f"train P={P}: step/forward {t_step / t_fwd:.2f}", file=sys.stderr)
+
+    text = "\n".join(lines)
+    print(text)
+    with open(os.path.join(args.out, "bench_sharded.md"), "w") as f:
+        f.write(text + "\n")
+    with open(os.path.join(args.out, "bench_sharded.json"), "w") as f:
+        json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
