@@ -49,6 +49,31 @@ def _env_int(name: str) -> int | None:
         raise UsageError(f"environment variable {name}={v!r} is not an integer") from None
 
 
+def _wait_for_coordinator(address: str, timeout: float) -> None:
+    """Fails with a clear message if nothing listens at ``address`` within ``timeout`` seconds.
+
+    The distributed runtime aborts the whole process (no exception) when it cannot reach the
+    coordinator, so the other processes probe it first.
+    """
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--coordinator {address!r}: expected HOST:PORT")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
+                return
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                raise UsageError(
+                    f"could not reach the coordinator at {address} within {timeout:g} s ({e.strerror or e}); "
+                    "is process 0 running and the address right?"
+                ) from None
+            time.sleep(0.25)
+
+
 def _setup_devices(args, needed: int):
     """Initialises JAX for ``needed`` devices; returns the device list to build the mesh from."""
     import jax
@@ -62,6 +87,8 @@ def _setup_devices(args, needed: int):
         if needed % args.num_processes:
             raise UsageError(f"{needed} devices cannot be split evenly over {args.num_processes} processes")
         local = needed // args.num_processes
+        if args.process_id != 0:
+            _wait_for_coordinator(args.coordinator, args.init_timeout)
         jax.config.update("jax_num_cpu_devices", local)
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         try:
@@ -77,7 +104,10 @@ def _setup_devices(args, needed: int):
                 f"{args.num_processes} within {args.init_timeout} s: {str(e).splitlines()[0][:300]}"
             ) from None
     else:
-        jax.config.update("jax_num_cpu_devices", max(1, needed))
+        try:
+            jax.config.update("jax_num_cpu_devices", max(1, needed))
+        except RuntimeError:
+            pass  # backend already started (library use, tests): use the devices it has
     devices = jax.devices()
     if len(devices) < needed:
         devices = jax.devices("cpu")
@@ -98,7 +128,7 @@ def _is_writer() -> bool:
 def _cmd_generate(args) -> dict:
     from jaxsdnn import io, radixnet
 
-    net = radixnet.radixnet(args.neurons, args.layers, seed=args.seed)
+    net = radixnet.radixnet(args.neurons, args.layers, seed=args.seed, bias=0.0)  # files hold no bias
     written = io.write_network(net, args.out)
     out = {"network": str(args.out), "layers": net.num_layers, "neurons": args.neurons, "nnz": net.total_nnz,
            "files": len(written)}

@@ -7,6 +7,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
+assert len(jax.devices()) == 8  # start the backend now, so nothing later can change the count
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
