@@ -237,7 +237,8 @@ def _cmd_train(args) -> dict:
     devices = _setup_devices(args, model * data)
     from jaxsdnn import train
 
-    return train.train(cfg, args.run_dir, resume=args.resume, devices=devices, model_parallel=model,
+    run_dir = args.run_dir or os.path.join("runs", os.path.splitext(os.path.basename(args.config))[0])
+    return train.train(cfg, run_dir, resume=args.resume, devices=devices, model_parallel=model,
                        data_parallel=data, method=args.method, progress=not args.json)
 
 

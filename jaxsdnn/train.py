@@ -1,0 +1,487 @@
+"""Training: data -> model -> partition -> plan -> sharded steps with optax -> metrics and checkpoints.
+
+:func:`train` runs one configuration (:mod:`jaxsdnn.config`) in a run directory::
+
+    run_dir/
+        config.yaml         the full configuration (defaults filled in)
+        metrics.jsonl       one JSON object per line: {"step", "epoch", "loss", "lr", "samples_per_s"}
+                            every ``log_every`` steps ("loss" is the mean over those steps),
+                            {"event": "compiled", "seconds"} once per call, {"step", "epoch",
+                            "eval_accuracy", "eval_set"} after every epoch
+        checkpoints/        step_*.npz (:mod:`jaxsdnn.checkpoint`)
+        summary.json        what :func:`train` returns
+
+Reproducibility: the batches of epoch ``e`` are a permutation drawn from ``(train.seed, e)``
+(:func:`jaxsdnn.data.batches`, last partial batch dropped), the model from ``network.seed``, and a
+checkpoint holds the exact float32 weights, optimizer state, step, epoch and position in the
+epoch. A run resumed from a checkpoint therefore produces the same losses as an uninterrupted one
+(same devices and mesh; a different data-parallel size reorders float sums). ``resume=True`` needs a
+checkpoint, refuses a configuration whose ``data`` / ``network`` / optimizer / batch / seed differ
+from the saved one, keeps the checkpoint's partition, and drops ``metrics.jsonl`` lines written after
+that checkpoint. Without ``resume`` a run directory holding checkpoints is refused.
+
+Multi-host: every process runs the same steps; only process 0 writes files.
+
+Compiled step and predict functions are cached per (schedule, mesh, batch, optimizer) in the
+process, so several runs of one configuration in one process (tests, resume) compile once.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import optax
+import yaml
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as Spec
+
+from jaxsdnn import checkpoint as ckpt_lib
+from jaxsdnn import data as data_lib
+from jaxsdnn import models
+from jaxsdnn import plan as plan_lib
+from jaxsdnn import sharded
+from jaxsdnn._atomic import atomic_write
+from jaxsdnn.config import Config, config_to_dict, load_config, save_config
+
+__all__ = ["block_parts", "load_data", "make_optimizer", "partition_parts", "train"]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+"""Relative data/network paths that do not exist under the cwd are looked up here."""
+
+# sections / keys that must not change when a run is resumed
+_FIXED_ON_RESUME = ("data", "network", "train.optimizer", "train.batch_size", "train.seed")
+_CACHE_SIZE = 4
+_STEP_CACHE: collections.OrderedDict = collections.OrderedDict()
+_PREDICT_CACHE: collections.OrderedDict = collections.OrderedDict()
+
+
+# ----------------------------------------------------------------------------------------------
+# building blocks
+# ----------------------------------------------------------------------------------------------
+def load_data(cfg) -> tuple[data_lib.Dataset, data_lib.Dataset, data_lib.Dataset | None]:
+    """``(train, test, validation or None)`` for a :class:`~jaxsdnn.config.DataConfig`."""
+    path = cfg.path
+    if path and not os.path.exists(path) and (REPO_ROOT / path).exists():
+        path = str(REPO_ROOT / path)
+    train_ds, test_ds = data_lib.load_dataset(cfg.name, path, cfg.test_fraction, cfg.seed)
+    if cfg.image_side:
+        train_ds = data_lib.resize_images(train_ds, cfg.image_side)
+        test_ds = data_lib.resize_images(test_ds, cfg.image_side)
+    val_ds = None
+    if cfg.validation_fraction > 0:
+        train_ds, val_ds = data_lib.split(train_ds, cfg.validation_fraction, cfg.seed + 1)
+    return train_ds, test_ds, val_ds
+
+
+def block_parts(network, num_parts: int) -> list[np.ndarray]:
+    """Contiguous blocks: neuron ``i`` of a layer of ``n`` goes to device ``i * P // n``."""
+    return [np.arange(n, dtype=np.int64) * num_parts // n for n in network.sizes]
+
+
+def partition_parts(network, num_parts: int, method: str = "block", epsilon: float = 0.03, seed: int = 0,
+                    threads: int = 1):
+    """A partition of ``network`` (:func:`jaxsdnn.partition.partition_network` when available).
+
+    Without :mod:`jaxsdnn.partition` only ``method="block"`` works (:func:`block_parts`).
+    """
+    try:
+        from jaxsdnn.partition import partition_network
+    except ImportError:
+        if method != "block":
+            raise ValueError(
+                f"partition.method={method!r} needs jaxsdnn.partition, which is not importable; use 'block'"
+            ) from None
+        return block_parts(network, num_parts)
+    return partition_network(network, num_parts, method=method, epsilon=epsilon, seed=seed, threads=threads)
+
+
+def make_optimizer(cfg, total_steps: int) -> tuple[optax.GradientTransformation, callable]:
+    """The optax transformation and its learning-rate schedule ``step -> lr`` for a :class:`TrainConfig`."""
+    if cfg.schedule == "cosine":
+        main = optax.cosine_decay_schedule(cfg.lr, max(1, total_steps - cfg.warmup_steps))
+    else:
+        main = optax.constant_schedule(cfg.lr)
+    if cfg.warmup_steps:
+        schedule = optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps), main], [cfg.warmup_steps])
+    else:
+        schedule = main
+    lr = cfg.lr if (cfg.schedule == "constant" and not cfg.warmup_steps) else schedule
+    if cfg.optimizer == "adam":
+        opt = optax.adam(lr)
+    elif cfg.optimizer == "sgd":
+        opt = optax.sgd(lr, momentum=cfg.momentum or None)
+    else:
+        raise ValueError(f"train.optimizer: unknown optimizer {cfg.optimizer!r}, expected 'adam' or 'sgd'")
+    return opt, schedule
+
+
+def _optimizer_key(cfg, total_steps: int) -> tuple:
+    uses_total = cfg.schedule != "constant"
+    return (cfg.optimizer, cfg.lr, cfg.momentum, cfg.schedule, cfg.warmup_steps, total_steps if uses_total else None)
+
+
+def _cached(cache: collections.OrderedDict, key, build):
+    if key in cache:
+        cache.move_to_end(key)
+        return cache[key]
+    value = cache[key] = build()
+    while len(cache) > _CACHE_SIZE:
+        cache.popitem(last=False)
+    return value
+
+
+def _shardings(sn: sharded.ShardedNetwork, opt_state):
+    """Shardings of params (model axis) and of the optimizer state (params-like: model axis; rest replicated)."""
+    by_model = NamedSharding(sn.mesh, Spec(sharded.MODEL_AXIS))
+    replicated = NamedSharding(sn.mesh, Spec())
+    p_sh = jax.tree.map(lambda _: by_model, sn.params)
+    o_sh = jax.tree.map(
+        lambda x: jax.tree.map(lambda _: by_model, x) if ckpt_lib._is_params_like(x) else replicated,
+        opt_state,
+        is_leaf=ckpt_lib._is_params_like,
+    )
+    return p_sh, o_sh, replicated
+
+
+def _step_fn(sn, batch: int, opt, opt_key, opt_state):
+    """Jitted ``step(params, opt_state, tables, x, y) -> (params, opt_state, loss)`` (cached)."""
+    key = (sn.plan.rounds, sn.plan.cap, sn.mesh, batch, jax.tree.structure(sn.params),
+           jax.tree.structure(sn.tables), opt_key)
+
+    def build():
+        loss_and_grads = sharded.sharded_loss_and_grads(sn, batch)
+        p_sh, o_sh, rep = _shardings(sn, opt_state)
+
+        def step(params, opt_state, tables, x, y):
+            loss, grads = loss_and_grads(params, tables, x, y)
+            updates, opt_state = opt.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state, loss
+
+        return jax.jit(step, out_shardings=(p_sh, o_sh, rep), donate_argnums=(0, 1))
+
+    return _cached(_STEP_CACHE, key, build)
+
+
+def _predict_fn(sn):
+    key = (sn.plan.rounds, sn.plan.cap, sn.mesh, jax.tree.structure(sn.params), jax.tree.structure(sn.tables))
+    return _cached(_PREDICT_CACHE, key, lambda: sharded.sharded_predict(sn))
+
+
+def _accuracy(sn, params, plan, dataset: data_lib.Dataset, batch_size: int, data_parallel: int) -> float:
+    """Share of ``dataset`` predicted right; batches padded to a fixed multiple of the data axis."""
+    if len(dataset) == 0:
+        return float("nan")
+    b = min(batch_size, len(dataset))
+    b = -(-b // data_parallel) * data_parallel
+    predict = _predict_fn(sn)
+    correct = 0
+    for x, y, valid in data_lib.eval_batches(dataset, b):
+        pred = np.asarray(predict(params, sn.tables, sharded.put_inputs(sn, plan_lib.inputs_to_local(plan, x))))
+        correct += int(np.sum(pred[:valid] == y[:valid]))
+    return correct / len(dataset)
+
+
+# ----------------------------------------------------------------------------------------------
+# run directory
+# ----------------------------------------------------------------------------------------------
+def _check_writable(run_dir: Path) -> None:
+    """Creates ``run_dir`` and proves a file can be written there, or raises a ValueError."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "checkpoints").mkdir(exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise ValueError(f"run_dir {run_dir}: cannot write there ({e.strerror or e}); choose a writable directory") from None
+
+
+def _as_config(config, run_dir: Path, resume: bool) -> Config:
+    if config is None:
+        saved = run_dir / "config.yaml"
+        if not (resume and saved.is_file()):
+            raise ValueError(f"train: config=None needs resume=True and {saved}")
+        return load_config(saved)
+    if isinstance(config, Config):
+        return config
+    if isinstance(config, (str, os.PathLike)):
+        return load_config(config)
+    if isinstance(config, dict):
+        return load_config(values=config)
+    raise ValueError(f"train: config must be a Config, a YAML path or a dict, got {type(config).__name__}")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _check_resume_config(saved_path: Path, config: Config) -> None:
+    if not saved_path.is_file():
+        return
+    with open(saved_path, encoding="utf-8") as f:
+        saved = _flat(yaml.safe_load(f) or {})
+    now = _flat(config_to_dict(config))
+    diff = [k for k in now if k.startswith(_FIXED_ON_RESUME) and k in saved and saved[k] != now[k]]
+    if diff:
+        details = ", ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in diff)
+        raise ValueError(f"{saved_path}: cannot resume with a different {details}")
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Keeps the lines of ``metrics.jsonl`` up to ``step`` (a resumed run rewrites what came after)."""
+    if not path.is_file():
+        return
+    keep = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a kill
+            if rec.get("step", 0) <= step:
+                keep.append(json.dumps(rec) + "\n")
+    with atomic_write(path) as f:
+        f.writelines(keep)
+
+
+class _Progress:
+    """A one-line progress bar on stderr (plain text, ``\\r``)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.width = enabled, 0
+
+    def update(self, text: str) -> None:
+        if self.enabled:
+            line = f"\r{text}"
+            sys.stderr.write(line + " " * max(0, self.width - len(line)))
+            sys.stderr.flush()
+            self.width = len(line)
+
+    def line(self, text: str) -> None:
+        if self.enabled:
+            sys.stderr.write("\r" + text.ljust(self.width) + "\n")
+            sys.stderr.flush()
+            self.width = 0
+
+
+# ----------------------------------------------------------------------------------------------
+# train
+# ----------------------------------------------------------------------------------------------
+def train(config, run_dir, *, resume: bool = False, devices=None, data_parallel: int | None = None,
+          method: str | None = None, progress: bool = True, model_parallel: int | None = None) -> dict:
+    """Trains the configured sparse network, neuron-partitioned over a ``(devices, data_parallel)`` mesh.
+
+    Args:
+        config: a :class:`~jaxsdnn.config.Config`, a YAML path, a nested dict of overrides of the
+            defaults, or ``None`` with ``resume=True`` (use ``run_dir/config.yaml``).
+        run_dir: where config, metrics, checkpoints and summary go (created; must be writable).
+        resume: continue from the newest checkpoint in ``run_dir/checkpoints``.
+        devices: an int overrides ``partition.devices`` (model axis); a sequence of JAX devices is
+            the pool the mesh is built from (the first ``model * data`` of them; default ``jax.devices()``).
+        data_parallel: overrides ``partition.data_parallel`` (data axis).
+        method: overrides ``partition.method``.
+        progress: show a progress bar on stderr.
+        model_parallel: overrides ``partition.devices`` (the same as an int ``devices``).
+
+    Returns:
+        a JSON-ready summary: ``test_accuracy``, ``steps``, ``seconds`` (wall time of this call),
+        ``run_dir``, ``final_loss``, ``epochs`` (fractional epochs done), ``compile_seconds``,
+        ``samples_per_s`` (after compilation), ``devices``, ``data_parallel``, ``method``,
+        ``checkpoint``, ``resumed_from``, ``network`` (sizes, nnz, density) and ``plan`` stats.
+
+    Raises:
+        ValueError: unwritable ``run_dir``, bad configuration, nothing to resume (or checkpoints
+            present without ``resume``), a checkpoint of another network / partition, a batch that
+            is not a multiple of the data axis, or too few devices for the mesh.
+    """
+    t_start = time.perf_counter()
+    if run_dir is None:
+        raise ValueError("train: run_dir is required (where config, metrics and checkpoints go)")
+    run_dir = Path(run_dir)
+    writer = jax.process_index() == 0
+    config = _as_config(config, run_dir, resume)
+    device_pool = None
+    if devices is not None and not isinstance(devices, (int, np.integer)):
+        device_pool, devices = list(devices), None
+    if devices is not None and model_parallel is not None and devices != model_parallel:
+        raise ValueError(f"train: devices={devices} and model_parallel={model_parallel} disagree")
+    model = model_parallel if model_parallel is not None else devices
+    part_cfg = dataclasses.replace(
+        config.partition,
+        **{k: v for k, v in (("devices", model), ("data_parallel", data_parallel), ("method", method)) if v is not None},
+    )
+    config = dataclasses.replace(config, partition=part_cfg)
+    P, D, tc = part_cfg.devices, part_cfg.data_parallel, config.train
+    data_lib.check_batch_size(tc.batch_size, D, "train.batch_size")
+    if writer:
+        _check_writable(run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    latest = ckpt_lib.latest_checkpoint(ckpt_dir)
+    if resume:
+        if latest is None:
+            raise ValueError(f"{ckpt_dir}: no checkpoint to resume from")
+        _check_resume_config(run_dir / "config.yaml", config)
+    elif latest is not None:
+        raise ValueError(f"{run_dir}: already holds checkpoints ({latest.name}); pass resume=True or use a new run_dir")
+    available = len(device_pool) if device_pool is not None else jax.device_count()
+    if P * D > available:
+        raise ValueError(
+            f"partition.devices={P} x partition.data_parallel={D} needs {P * D} devices, "
+            f"{available} available (on CPU set jax_num_cpu_devices before jax starts)"
+        )
+
+    # -- data, model, partition, plan ------------------------------------------------------------
+    train_ds, test_ds, val_ds = load_data(config.data)
+    network = models.build_model(config.network, train_ds.features, train_ds.num_classes, base_dir=REPO_ROOT)
+    spe = data_lib.steps_per_epoch(len(train_ds), tc.batch_size)
+    if spe == 0:
+        raise ValueError(f"train.batch_size={tc.batch_size} exceeds the {len(train_ds)} training samples")
+    total_steps = tc.epochs * spe
+    ck = None
+    if resume:
+        ck = ckpt_lib.load_checkpoint(latest, network)
+        if ck.num_parts != P:
+            raise ValueError(f"{latest}: written with {ck.num_parts} model-axis devices, this run asks for devices={P}")
+        parts = list(ck.parts)
+        network = ck.network
+    else:
+        parts = partition_parts(network, P, part_cfg.method, part_cfg.epsilon, part_cfg.seed, part_cfg.threads)
+    plan = plan_lib.build_plan(network, parts)
+    parts = [np.asarray(p, dtype=np.int64) for p in getattr(parts, "parts", parts)]
+    mesh = sharded.make_mesh(P, D, devices=device_pool)
+    sn = sharded.shard_network(plan, network, mesh)
+
+    opt, schedule = make_optimizer(tc, total_steps)
+    template = opt.init(jax.device_get(sn.params))
+    _, o_sh, _ = _shardings(sn, template)
+    if ck is not None:
+        opt_state = ckpt_lib.restore_opt_state(ck, plan, template)
+        step, epoch, position = ck.step, ck.epoch, ck.position
+        rng = ck.rng
+        last_loss = ck.extra.get("loss")
+    else:
+        opt_state = template
+        step, epoch, position = 0, 0, 0
+        rng = np.asarray(jax.random.key_data(jax.random.PRNGKey(tc.seed)), dtype=np.uint32)
+        last_loss = None
+    params = sn.params
+    opt_state = jax.device_put(opt_state, o_sh)
+    step_fn = _step_fn(sn, tc.batch_size, opt, _optimizer_key(tc, total_steps), template)
+    x_all = plan_lib.inputs_to_local(plan, train_ds.images)  # [P, n_local0, n_train], gathered per batch
+    eval_ds, eval_name = (val_ds, "validation") if val_ds is not None else (test_ds, "test")
+
+    metrics_path = run_dir / "metrics.jsonl"
+    if writer:
+        save_config(run_dir / "config.yaml", config)
+        if ck is not None:
+            _truncate_metrics(metrics_path, step)
+    # a fresh run starts a new metrics file; a resumed one appends after the checkpoint's step
+    metrics = open(metrics_path, "a" if ck is not None else "w", encoding="utf-8") if writer else None
+
+    def log(record: dict) -> None:
+        if metrics is not None:
+            metrics.write(json.dumps(record) + "\n")
+            metrics.flush()
+
+    def save() -> Path | None:
+        host = ckpt_lib.gather_to_host((params, opt_state))  # every process joins the gather
+        if not writer:
+            return None
+        return ckpt_lib.save_checkpoint(
+            ckpt_dir, step=step, network=network, plan=plan, params=host[0], opt_state=host[1], parts=parts,
+            epoch=epoch, position=position, data_seed=tc.seed, rng=rng,
+            extra={"loss": last_loss, "total_steps": total_steps}, keep=tc.keep_checkpoints,
+        )
+
+    bar = _Progress(progress and writer)
+    stop_at = total_steps if tc.max_steps is None else min(total_steps, tc.max_steps)
+    resumed_from = step if ck is not None else None
+    saved_step, last_ckpt = (step, latest) if ck is not None else (-1, None)
+    compile_s, window_losses, window_t, window_n = None, [], time.perf_counter(), 0
+    run_samples, run_t = 0, 0.0
+    try:
+        while step < stop_at:
+            for idx, _, labels in data_lib.batches(train_ds, tc.batch_size, tc.seed, epoch, start=position):
+                t0 = time.perf_counter()
+                x = sharded.put_inputs(sn, x_all[:, :, idx])
+                y = sharded.put_labels(sn, labels)
+                params, opt_state, loss = step_fn(params, opt_state, sn.tables, x, y)
+                if compile_s is None:
+                    loss.block_until_ready()
+                    compile_s = time.perf_counter() - t0
+                    log({"event": "compiled", "step": step + 1, "seconds": round(compile_s, 3)})
+                    window_t = time.perf_counter()
+                else:
+                    run_samples += tc.batch_size
+                    window_n += tc.batch_size
+                window_losses.append(loss)
+                step += 1
+                position += 1
+                if step % tc.log_every == 0 or step == stop_at or position == spe:
+                    values = [float(v) for v in window_losses]
+                    now = time.perf_counter()
+                    sps = window_n / max(now - window_t, 1e-9)
+                    run_t += now - window_t
+                    last_loss = values[-1]
+                    log({"step": step, "epoch": epoch, "loss": float(np.mean(values)),
+                         "lr": float(schedule(step - 1)), "samples_per_s": round(sps, 1)})
+                    bar.update(f"epoch {epoch + 1}/{tc.epochs} step {step}/{total_steps} "
+                               f"loss {np.mean(values):.4f} {sps:,.0f} samples/s")
+                    window_losses, window_n, window_t = [], 0, time.perf_counter()
+                if position == spe:
+                    acc = _accuracy(sn, params, plan, eval_ds, tc.eval_batch_size, D)
+                    log({"step": step, "epoch": epoch, "eval_accuracy": acc, "eval_set": eval_name})
+                    bar.line(f"epoch {epoch + 1}/{tc.epochs} step {step} {eval_name} accuracy {acc:.4f}")
+                    epoch, position = epoch + 1, 0
+                    window_t = time.perf_counter()
+                if tc.checkpoint_every and step % tc.checkpoint_every == 0:
+                    last_ckpt, saved_step = save(), step
+                    window_t = time.perf_counter()
+                if step >= stop_at:
+                    break
+        if saved_step != step:
+            last_ckpt, saved_step = save(), step
+        test_acc = _accuracy(sn, params, plan, test_ds, tc.eval_batch_size, D)
+    finally:
+        if metrics is not None:
+            metrics.close()
+    bar.line(f"done: {step} steps, test accuracy {test_acc:.4f}, {time.perf_counter() - t_start:.1f} s")
+    summary = {
+        "run_dir": str(run_dir),
+        "test_accuracy": test_acc,
+        "final_loss": last_loss,
+        "steps": step,
+        "epochs": epoch + position / spe,
+        "seconds": round(time.perf_counter() - t_start, 3),
+        "compile_seconds": None if compile_s is None else round(compile_s, 3),
+        "samples_per_s": round(run_samples / run_t, 1) if run_t > 0 and run_samples else None,
+        "devices": P,
+        "data_parallel": D,
+        "method": part_cfg.method,
+        "checkpoint": None if last_ckpt is None else str(last_ckpt),
+        "resumed_from": resumed_from,
+        "network": {
+            "sizes": list(network.sizes),
+            "nnz": list(network.nnz),
+            "density": [round(d, 5) for d in models.layer_density(network)],
+        },
+        "plan": plan.stats(),
+    }
+    if writer:
+        with atomic_write(run_dir / "summary.json") as f:
+            json.dump(summary, f, indent=2)
+    return summary
