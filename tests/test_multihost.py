@@ -1,0 +1,45 @@
+"""Two processes on localhost with jax.distributed (two CPU devices each) give one process's answer."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import GC_DIR, REPO
+
+from jaxsdnn import engine, io
+
+NETWORK = os.path.join(GC_DIR, "neuron1024")
+IMAGES = os.path.join(GC_DIR, "sparse-images-1024_subset.mtx")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(tmp_path):
+    layers = 8
+    port = _free_port()
+    procs = []
+    for pid in range(2):
+        cmd = [sys.executable, "-m", "jaxsdnn.cli", "infer", "--network", NETWORK, "--layers", str(layers),
+               "--images", IMAGES, "--out", str(tmp_path / f"cats{pid}.tsv"), "--scores", str(tmp_path / f"s{pid}.npy"),
+               "--devices", "2", "--data-parallel", "2", "--method", "kahypar", "--coordinator", f"127.0.0.1:{port}",
+               "--num-processes", "2", "--process-id", str(pid), "--init-timeout", "60"]
+        env = dict(os.environ, JAX_PLATFORMS="cpu")
+        procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-2000:]
+    # only process 0 writes results
+    assert (tmp_path / "cats0.tsv").exists() and not (tmp_path / "cats1.tsv").exists()
+    assert not (tmp_path / "s1.npy").exists()
+    net = io.read_network(NETWORK, num_layers=layers)
+    single = engine.run_inference(net, io.read_images(IMAGES, num_features=1024))
+    np.testing.assert_array_equal(io.read_categories(tmp_path / "cats0.tsv"), single.categories)
+    np.testing.assert_allclose(np.load(tmp_path / "s0.npy"), single.scores, rtol=1e-5, atol=1e-5)
