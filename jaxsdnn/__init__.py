@@ -1,1 +1,77 @@
-"""jaxsdnn: sparse deep neural networks, partitioned across devices with JAX."""
+"""jaxsdnn: sparse deep neural networks, hypergraph-partitioned across devices with JAX.
+
+The pipeline, one module per stage::
+
+    network -> io -> hypergraph -> partition -> plan -> sharded / kernels -> train
+
+Importing the package sets up no devices: the CLI and scripts do that (simulated CPU devices via
+``jax_num_cpu_devices``, many hosts via ``jax.distributed``).
+"""
+
+from jaxsdnn.checkpoint import load_checkpoint, save_checkpoint
+from jaxsdnn.config import load_config
+from jaxsdnn.data import Dataset, load_dataset
+from jaxsdnn.engine import InferenceResult, run_inference
+from jaxsdnn.hypergraph import build_hypergraph, connectivity_volume
+from jaxsdnn.io import read_categories, read_images, read_network, write_categories, write_images, write_network
+from jaxsdnn.metrics import communication_matrix, partition_metrics
+from jaxsdnn.models import from_masks, magnitude_prune, radixnet_mlp, random_fanin
+from jaxsdnn.network import SparseNetwork
+from jaxsdnn.partition import Partition, load_partition, partition_network, save_partition
+from jaxsdnn.plan import Plan, build_plan
+from jaxsdnn.radixnet import radixnet, random_images
+from jaxsdnn.sharded import (
+    DATA_AXIS,
+    MODEL_AXIS,
+    ShardedNetwork,
+    make_mesh,
+    shard_network,
+    sharded_forward,
+    sharded_loss_and_grads,
+    sharded_predict,
+)
+from jaxsdnn.train import train
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DATA_AXIS",
+    "Dataset",
+    "InferenceResult",
+    "MODEL_AXIS",
+    "Partition",
+    "Plan",
+    "ShardedNetwork",
+    "SparseNetwork",
+    "build_hypergraph",
+    "build_plan",
+    "communication_matrix",
+    "connectivity_volume",
+    "from_masks",
+    "load_checkpoint",
+    "load_config",
+    "load_dataset",
+    "load_partition",
+    "magnitude_prune",
+    "make_mesh",
+    "partition_metrics",
+    "partition_network",
+    "radixnet",
+    "radixnet_mlp",
+    "random_fanin",
+    "random_images",
+    "read_categories",
+    "read_images",
+    "read_network",
+    "run_inference",
+    "save_checkpoint",
+    "save_partition",
+    "shard_network",
+    "sharded_forward",
+    "sharded_loss_and_grads",
+    "sharded_predict",
+    "train",
+    "write_categories",
+    "write_images",
+    "write_network",
+]

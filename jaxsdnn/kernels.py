@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 SLOT_CHUNK = 4
 """Slots gathered per fused step of :func:`padded_spmm`."""
-ROW_BLOCK = 16
+ROW_BLOCK = 8
 """Rows per step of :func:`sampled_dense_dense`."""
 
 __all__ = [
