@@ -146,7 +146,8 @@ class LayerTables:
         t_weight: same shape: position of that edge's weight in the device's flattened weights
             (forward buckets raveled and concatenated); sentinel = their total size.
         t_perm: ``[P, n_ext]`` int32: row of the stacked transposed-bucket output that holds each
-            extended-input row's gradient; sentinel (no reader) = total transposed rows.
+            extended-input row's gradient; sentinel (no reader) = total transposed rows. ``[P, 0]``
+            when that order is already the extended-input order (one bucket, every row read).
         fold: ``[P, n_local[k-1], f]`` int32: for each local layer ``k-1`` row, where its partial
             sums come back in the concatenation of the returned round buffers; sentinel = total
             round length.
@@ -317,6 +318,8 @@ def _transposed_tables(owner_rows, ext_of_edge, row_of_edge, wpos_of_edge, n_ext
         tw[e_dev[sel], e_trow[sel] - offsets[b], slot[sel]] = wpos_of_edge[eorder][sel]
         t_row.append(tr.astype(np.int32))
         t_weight.append(tw.astype(np.int32))
+    if np.array_equal(t_perm, np.broadcast_to(np.arange(n_ext), t_perm.shape)):
+        t_perm = t_perm[:, :0]  # identity: the stacked output is already in extended-input order
     return tuple(t_row), tuple(t_weight), t_perm.astype(np.int32)
 
 

@@ -183,7 +183,7 @@ def _transposed_spmm(dz, w_buckets, t: LayerTables):
         for row, wi in zip(t.t_row, t.t_weight)
     ]
     stacked = jnp.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
-    return kernels.gather_rows(stacked, t.t_perm)
+    return stacked if t.t_perm.shape[0] == 0 else kernels.gather_rows(stacked, t.t_perm)
 
 
 def local_forward(params, tables: DeviceTables, x0, *, rounds, cap, linear_last=False, axis=MODEL_AXIS):
