@@ -4,6 +4,8 @@ The pipeline, one module per stage::
 
     network -> io -> hypergraph -> partition -> plan -> sharded / kernels -> train
 
+The generator and the training loop live in their modules (``jaxsdnn.radixnet.radixnet``,
+``jaxsdnn.train.train``): re-exporting a function under its module's name would shadow the module.
 Importing the package sets up no devices: the CLI and scripts do that (simulated CPU devices via
 ``jax_num_cpu_devices``, many hosts via ``jax.distributed``).
 """
@@ -19,7 +21,7 @@ from jaxsdnn.models import from_masks, magnitude_prune, radixnet_mlp, random_fan
 from jaxsdnn.network import SparseNetwork
 from jaxsdnn.partition import Partition, load_partition, partition_network, save_partition
 from jaxsdnn.plan import Plan, build_plan
-from jaxsdnn.radixnet import radixnet, random_images
+from jaxsdnn.radixnet import random_images
 from jaxsdnn.sharded import (
     DATA_AXIS,
     MODEL_AXIS,
@@ -30,7 +32,6 @@ from jaxsdnn.sharded import (
     sharded_loss_and_grads,
     sharded_predict,
 )
-from jaxsdnn.train import train
 
 __version__ = "0.1.0"
 
@@ -56,7 +57,6 @@ __all__ = [
     "make_mesh",
     "partition_metrics",
     "partition_network",
-    "radixnet",
     "radixnet_mlp",
     "random_fanin",
     "random_images",
@@ -70,7 +70,6 @@ __all__ = [
     "sharded_forward",
     "sharded_loss_and_grads",
     "sharded_predict",
-    "train",
     "write_categories",
     "write_images",
     "write_network",
