@@ -71,7 +71,7 @@ def _setup(net, model, data, method):
     rng = np.random.default_rng(model * 10 + data)
     x = (rng.random((BATCH, SIZES[0])) * (rng.random((BATCH, SIZES[0])) < 0.5)).astype(np.float32)
     labels = rng.integers(0, SIZES[-1], BATCH)
-    part = partition_network(net, model, method=method, epsilon=0.9, seed=1)  # tiny layers: loose balance
+    part = partition_network(net, model, method=method, seed=1)
     plan = plan_lib.build_plan(net, part)
     sn = sharded.shard_network(plan, net, sharded.make_mesh(model, data))
     xl = sharded.put_inputs(sn, plan_lib.inputs_to_local(plan, x))
@@ -121,7 +121,7 @@ def test_gradients_and_optimizer_step_match_reference(net, model, data, method):
 
 
 def test_mesh_must_match_partition(net):
-    part = partition_network(net, 4, method="block", epsilon=0.9)
+    part = partition_network(net, 4, method="block")
     plan = plan_lib.build_plan(net, part)
     with pytest.raises(ValueError, match="4 parts but the mesh's model axis has 2"):
         sharded.shard_network(plan, net, sharded.make_mesh(2, 1))
@@ -131,6 +131,6 @@ def test_mesh_must_match_partition(net):
 
 def test_partition_for_another_network_is_rejected(net):
     other = random_network(SIZES, density=0.25, seed=12, cap=3.0)
-    part = partition_network(other, 2, method="block", epsilon=0.9)
+    part = partition_network(other, 2, method="block")
     with pytest.raises(ValueError, match="fingerprint"):
         plan_lib.build_plan(net, part)
