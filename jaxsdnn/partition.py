@@ -205,12 +205,15 @@ def _swap_once(weights: np.ndarray, parts: np.ndarray, loads: np.ndarray, cap: i
     return True
 
 
-def _greedy_pack(weights: np.ndarray, parts: np.ndarray, cap: int, num_parts: int) -> np.ndarray:
-    """Heaviest first: a neuron stays where it fits, else goes to the least loaded device."""
+def _greedy_pack(weights: np.ndarray, parts: np.ndarray, cap: int, num_parts: int, sticky: bool = True):
+    """Heaviest first: a neuron stays where it fits (``sticky``), else goes to the least loaded device.
+
+    With ``sticky=False`` this is the LPT packing whose largest load :func:`layer_cap` allows.
+    """
     out = parts.copy()
     loads = np.zeros(num_parts, np.int64)
     for v in np.argsort(-weights, kind="stable"):
-        p = out[v] if loads[out[v]] + weights[v] <= cap else int(np.argmin(loads))
+        p = out[v] if sticky and loads[out[v]] + weights[v] <= cap else int(np.argmin(loads))
         out[v] = p
         loads[p] += weights[v]
     return out
@@ -260,15 +263,16 @@ def repair_balance(weights: np.ndarray, parts: np.ndarray, cap: int, num_parts: 
             moved = True
         if not moved:
             break
-    parts = _greedy_pack(weights, parts, cap, num_parts)
-    loads = np.bincount(parts, weights=weights, minlength=num_parts)
-    if loads.max() > cap:
-        raise ValueError(
-            f"layer {layer}: cannot balance {weights.size} neurons (total load {int(weights.sum())}, heaviest "
-            f"{int(weights.max())}) over {num_parts} devices with at most {cap} each; use a larger epsilon "
-            "or fewer parts"
-        )
-    return parts
+    for sticky in (True, False):
+        packed = _greedy_pack(weights, parts, cap, num_parts, sticky)
+        loads = np.bincount(packed, weights=weights, minlength=num_parts)
+        if loads.max() <= cap:
+            return packed
+    raise ValueError(
+        f"layer {layer}: cannot balance {weights.size} neurons (total load {int(weights.sum())}, heaviest "
+        f"{int(weights.max())}) over {num_parts} devices with at most {cap} each; use a larger epsilon "
+        "or fewer parts"
+    )
 
 
 def refine_layer(h: LayerHypergraph, weights: np.ndarray, parts: np.ndarray, cap: int, rounds: int = 8):

@@ -43,7 +43,7 @@ def load_network(name: str, layers: int | None) -> SparseNetwork:
     if name.startswith("radix"):
         from jaxsdnn.radixnet import radixnet
 
-        return radixnet(int(name[len("radix") :]), layers or 24, seed=0)
+        return radixnet(int(name[len("radix") :]), layers or 24, seed=0, bias=-0.3)  # bias: not read here
     raise SystemExit(f"unknown network {name!r}: expected real1024 or radix<N> (e.g. radix4096)")
 
 
