@@ -8,6 +8,7 @@ On any exception the temporary file is removed and the destination is left untou
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 from collections.abc import Iterator
@@ -66,6 +67,9 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     if mode not in _MODES:
         raise ValueError(f"atomic_write: mode {mode!r} is not one of {_MODES}")
     path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(errno.ENOENT, f"no such directory {directory!r} to write into", path)
     fd, tmp = _create_temp(path)
     try:
         if "b" in mode:

@@ -25,15 +25,15 @@ class UsageError(ValueError):
 # ----------------------------------------------------------------------------------------------
 def _add_device_args(p: argparse.ArgumentParser, parallel: bool = True) -> None:
     g = p.add_argument_group("devices")
-    g.add_argument("--devices", type=int, default=None, help="devices on the model axis (neuron partition); "
+    g.add_argument("--devices", type=_positive_int, default=None, help="devices on the model axis (neuron partition); "
                    "simulated CPU devices when no accelerator is present")
     if parallel:
-        g.add_argument("--data-parallel", type=int, default=1, help="devices on the data (batch) axis")
-    g.add_argument("--coordinator", default=os.environ.get("JAXSDNN_COORDINATOR"),
+        g.add_argument("--data-parallel", type=_positive_int, default=1, help="devices on the data (batch) axis")
+    g.add_argument("--coordinator", default=None,
                    help="HOST:PORT of process 0 for multi-host runs (env JAXSDNN_COORDINATOR)")
-    g.add_argument("--num-processes", type=int, default=_env_int("JAXSDNN_NUM_PROCESSES"),
+    g.add_argument("--num-processes", type=_positive_int, default=None,
                    help="processes in a multi-host run (env JAXSDNN_NUM_PROCESSES)")
-    g.add_argument("--process-id", type=int, default=_env_int("JAXSDNN_PROCESS_ID"),
+    g.add_argument("--process-id", type=int, default=None,
                    help="this process's id in [0, num-processes) (env JAXSDNN_PROCESS_ID)")
     g.add_argument("--init-timeout", type=int, default=60,
                    help="seconds to wait for the other processes / the coordinator (default 60)")
@@ -78,6 +78,11 @@ def _setup_devices(args, needed: int):
     """Initialises JAX for ``needed`` devices; returns the device list to build the mesh from."""
     import jax
 
+    args.coordinator = args.coordinator or os.environ.get("JAXSDNN_COORDINATOR")
+    if args.num_processes is None:
+        args.num_processes = _env_int("JAXSDNN_NUM_PROCESSES")
+    if args.process_id is None:
+        args.process_id = _env_int("JAXSDNN_PROCESS_ID")
     multi = args.coordinator or args.num_processes or args.process_id is not None
     if multi:
         if not (args.coordinator and args.num_processes and args.process_id is not None):
@@ -114,6 +119,22 @@ def _setup_devices(args, needed: int):
     if len(devices) < needed:
         raise UsageError(f"{needed} devices requested, {len(devices)} available")
     return devices[:needed]
+
+
+def _same_on_every_process(part):
+    """Multi-host: every process uses process 0's partition (the partitioners are seeded, but a
+    mismatch would be silently wrong)."""
+    import jax
+
+    if jax.process_count() == 1:
+        return part
+    import dataclasses
+
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    parts = tuple(np.asarray(multihost_utils.broadcast_one_to_all(np.asarray(p, np.int32))) for p in part.parts)
+    return dataclasses.replace(part, parts=parts)
 
 
 def _is_writer() -> bool:
@@ -169,6 +190,8 @@ def _cmd_infer(args) -> dict:
 
     if args.partition and args.method:
         raise UsageError("give either --partition FILE or --method M, not both")
+    if args.method and (args.devices or 1) < 2:
+        raise UsageError("--method partitions the network over --devices; give --devices 2 or more")
     model = args.devices or 1
     if args.partition and args.devices is None:
         import zipfile
@@ -193,6 +216,7 @@ def _cmd_infer(args) -> dict:
             raise UsageError(f"{args.partition} has {part.num_parts} parts but --devices is {model}")
     elif model > 1:
         part = partition.partition_network(net, model, method=args.method or "kahypar", seed=args.seed)
+        part = _same_on_every_process(part)
     mesh = sharded.make_mesh(model, args.data_parallel, devices=devices)
     result = engine.run_inference(net, images, partition=part, mesh=mesh, batch_size=args.batch_size)
     if _is_writer():
@@ -313,10 +337,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         out = COMMANDS[args.command](args)
-    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
+    except (ValueError, OSError) as e:
         msg = str(e) if not isinstance(e, OSError) or not e.filename else f"{e.filename}: {e.strerror}"
         print(f"jaxsdnn {args.command}: error: {msg}", file=sys.stderr)
         return 2
+    except RuntimeError as e:  # the XLA runtime (out of memory, a lost peer): one line, not a traceback
+        print(f"jaxsdnn {args.command}: runtime error: {str(e).splitlines()[0][:500]}", file=sys.stderr)
+        return 1
     code = int(out.pop("_exit", 0)) if isinstance(out, dict) else 0
     if getattr(args, "json", False) and isinstance(out, dict):
         print(json.dumps(out))

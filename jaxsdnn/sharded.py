@@ -183,7 +183,11 @@ def _transposed_spmm(dz, w_buckets, t: LayerTables):
         for row, wi in zip(t.t_row, t.t_weight)
     ]
     stacked = jnp.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
-    return stacked if t.t_perm.shape[0] == 0 else kernels.gather_rows(stacked, t.t_perm)
+    if t.t_perm.shape[0] == 0:
+        return stacked
+    if stacked.shape[0] == 0:  # a layer without stored edges: nothing flows back
+        return jnp.zeros((t.t_perm.shape[0], dz.shape[1]), dz.dtype)
+    return kernels.gather_rows(stacked, t.t_perm)
 
 
 def local_forward(params, tables: DeviceTables, x0, *, rounds, cap, linear_last=False, axis=MODEL_AXIS):

@@ -49,6 +49,7 @@ from jaxsdnn import data as data_lib
 from jaxsdnn import models
 from jaxsdnn import plan as plan_lib
 from jaxsdnn import sharded
+from jaxsdnn.engine import to_host
 from jaxsdnn._atomic import atomic_write
 from jaxsdnn.config import Config, config_to_dict, load_config, save_config
 
@@ -185,7 +186,7 @@ def _accuracy(sn, params, plan, dataset: data_lib.Dataset, batch_size: int, data
     predict = _predict_fn(sn)
     correct = 0
     for x, y, valid in data_lib.eval_batches(dataset, b):
-        pred = np.asarray(predict(params, sn.tables, sharded.put_inputs(sn, plan_lib.inputs_to_local(plan, x))))
+        pred = to_host(predict(params, sn.tables, sharded.put_inputs(sn, plan_lib.inputs_to_local(plan, x))))
         correct += int(np.sum(pred[:valid] == y[:valid]))
     return correct / len(dataset)
 

@@ -117,3 +117,12 @@ def test_unreachable_coordinator_fails_fast_with_a_message(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 2
     assert "127.0.0.1:9" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_method_without_devices_and_missing_output_folder(tmp_path, capsys):
+    code, _, err = run(["infer", "--network", NETWORK, "--layers", "2", "--images", IMAGES, "--out",
+                        str(tmp_path / "c.tsv"), "--method", "random"], capsys)
+    assert code == 2 and "--devices 2 or more" in err
+    code, _, err = run(["partition", "--network", NETWORK, "--layers", "2", "--parts", "2", "--method", "block",
+                        "--out", str(tmp_path / "missing" / "p.npz")], capsys)
+    assert code == 2 and "missing" in err and ".tmp" not in err

@@ -62,3 +62,13 @@ def test_images_wider_than_network_are_rejected():
     net = random_network([10, 8, 6], seed=0)
     with pytest.raises(ValueError, match="12 features but the network has 10 input neurons"):
         engine.run_inference(net, np.ones((3, 12), np.float32))
+
+
+def test_many_small_batches_on_a_2d_mesh():
+    """Hundreds of batches used to queue collectives until the CPU runtime aborted."""
+    net = random_network([30, 24, 18], density=0.3, seed=2, cap=32.0)
+    images = np.random.default_rng(1).random((301, 30)).astype(np.float32)
+    part = partition_network(net, 2, method="block")
+    result = engine.run_inference(net, images, partition=part, mesh=sharded.make_mesh(2, 3), batch_size=2)
+    assert result.stats["batch_size"] == 3  # rounded up to the data axis
+    np.testing.assert_allclose(result.scores, reference.forward(net, images), rtol=1e-5, atol=1e-5)

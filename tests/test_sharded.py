@@ -134,3 +134,29 @@ def test_partition_for_another_network_is_rejected(net):
     part = partition_network(other, 2, method="block")
     with pytest.raises(ValueError, match="fingerprint"):
         plan_lib.build_plan(net, part)
+
+
+def test_layer_without_edges_trains():
+    import scipy.sparse as sp
+
+    from jaxsdnn.network import SparseNetwork
+
+    rng = np.random.default_rng(0)
+    w1 = sp.random(8, 8, density=0.5, random_state=1)
+    empty = sp.csr_array((8, 8))
+    w3 = sp.random(8, 4, density=0.5, random_state=2)
+    net = SparseNetwork.from_scipy([w1, empty, w3], 0.1)
+    part = partition_network(net, 2, method="block")
+    plan = plan_lib.build_plan(net, part)
+    sn = sharded.shard_network(plan, net, sharded.make_mesh(2, 1))
+    x = rng.random((4, 8)).astype(np.float32)
+    labels = np.array([0, 1, 2, 3])
+    loss, grads = sharded.sharded_loss_and_grads(sn, 4)(
+        sn.params, sn.tables, sharded.put_inputs(sn, plan_lib.inputs_to_local(plan, x)), sharded.put_labels(sn, labels)
+    )
+    ref_loss, ref_gw, ref_gb = reference.loss_and_grads(net, x, labels)
+    _close(float(loss), ref_loss)
+    g = plan_lib.values_to_network(plan, net, jax.device_get(grads))
+    for k in range(3):
+        _close(g.weights[k].data, ref_gw[k])
+        _close(g.biases[k], ref_gb[k])
