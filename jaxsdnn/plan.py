@@ -151,6 +151,13 @@ class LayerTables:
         fold: ``[P, n_local[k-1], f]`` int32: for each local layer ``k-1`` row, where its partial
             sums come back in the concatenation of the returned round buffers; sentinel = total
             round length.
+        group_rows: per forward bucket, ``[P, G, R]`` int32: rows of the bucket that read exactly
+            the same inputs (a dense ``R x width`` block, as in RadiX-Net's ``kron(ones(16,16), .)``
+            layers); sentinel ``rows_b``. ``[P, 0, 0]`` when the bucket has no such structure.
+        group_cols: per forward bucket, ``[P, G, width]`` int32: the shared input rows of each group
+            (extended-input rows, sentinel ``n_ext``).
+        row_group: per forward bucket, ``[P, rows_b]`` int32: ``g * R + position`` of every row in
+            its group (sentinel ``G * R`` for padding rows); ``[P, 0]`` without groups.
     """
 
     index: tuple[np.ndarray, ...]
@@ -159,6 +166,9 @@ class LayerTables:
     t_weight: tuple[np.ndarray, ...]
     t_perm: np.ndarray
     fold: np.ndarray
+    group_rows: tuple[np.ndarray, ...]
+    group_cols: tuple[np.ndarray, ...]
+    row_group: tuple[np.ndarray, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -323,6 +333,47 @@ def _transposed_tables(owner_rows, ext_of_edge, row_of_edge, wpos_of_edge, n_ext
     return tuple(t_row), tuple(t_weight), t_perm.astype(np.int32)
 
 
+def _dense_groups(index: np.ndarray, real: np.ndarray, n_ext: int, max_waste: float = 1.25):
+    """Groups the rows of one bucket that read identical inputs, if that pays.
+
+    Args:
+        index: ``[P, rows, width]`` the bucket's index table.
+        real: ``[P, rows]`` bool, False for padding rows.
+
+    Returns:
+        ``(group_rows, group_cols, row_group)`` as documented in :class:`LayerTables`, or empty
+        tables when groups are mostly singletons (padding ``G x R`` would cost more than
+        ``max_waste`` times the rows).
+    """
+    P, rows, width = index.shape
+    per_dev = []
+    for p in range(P):
+        r = np.flatnonzero(real[p])
+        if r.size == 0 or width == 0:
+            per_dev.append((r, np.zeros((0, width), np.int64), np.zeros(0, np.int64)))
+            continue
+        uniq, inverse = np.unique(index[p, r], axis=0, return_inverse=True)
+        per_dev.append((r, uniq, inverse.reshape(-1)))
+    G = max(u.shape[0] for _, u, _ in per_dev)
+    R = max((np.bincount(inv).max() if inv.size else 0) for _, _, inv in per_dev)
+    empty = (np.zeros((P, 0, 0), np.int32), np.zeros((P, 0, width), np.int32), np.zeros((P, 0), np.int32))
+    if R < 2 or G * R > max_waste * rows:
+        return empty
+    group_rows = np.full((P, G, R), rows, dtype=np.int64)
+    group_cols = np.full((P, G, width), n_ext, dtype=np.int64)
+    row_group = np.full((P, rows), G * R, dtype=np.int64)
+    for p, (r, uniq, inv) in enumerate(per_dev):
+        if r.size == 0:
+            continue
+        order = np.argsort(inv, kind="stable")
+        g_sorted = inv[order]
+        pos = np.arange(order.size) - np.searchsorted(g_sorted, g_sorted, side="left")
+        group_rows[p, g_sorted, pos] = r[order]
+        group_cols[p, : uniq.shape[0]] = uniq
+        row_group[p, r[order]] = g_sorted * R + pos
+    return group_rows.astype(np.int32), group_cols.astype(np.int32), row_group.astype(np.int32)
+
+
 def build_plan(network: SparseNetwork, partition, max_buckets: int = 6) -> Plan:
     """Builds the communication plan of ``network`` under ``partition``.
 
@@ -431,7 +482,15 @@ def build_plan(network: SparseNetwork, partition, max_buckets: int = 6) -> Plan:
 
         local_ids.append(ids)
         rounds_all.append(tuple(tuple(pairs) for pairs in rounds))
-        tables.append(LayerTables(tuple(index), tuple(send), t_row, t_weight, t_perm, fold.astype(np.int32)))
+        groups = [
+            _dense_groups(idx, ids[:, offsets[b] : offsets[b + 1]] >= 0, n_ext) for b, idx in enumerate(index)
+        ]
+        tables.append(
+            LayerTables(
+                tuple(index), tuple(send), t_row, t_weight, t_perm, fold.astype(np.int32),
+                tuple(g[0] for g in groups), tuple(g[1] for g in groups), tuple(g[2] for g in groups),
+            )
+        )
         edge_slots.append(edge_slot)
         volumes.append(volume)
         widths_all.append(widths)
