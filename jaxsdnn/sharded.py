@@ -227,19 +227,19 @@ def local_loss_and_grads(params, tables: DeviceTables, x0, labels, *, rounds, ca
                          model_axis=MODEL_AXIS, data_axis=DATA_AXIS):
     """Mean softmax cross-entropy and its gradients w.r.t. ``params`` on one device's shard.
 
-    Forward keeps each layer's extended input and pre-activation; backward runs the transposed
-    kernels and the transposed exchange. Gradients are summed over the data axis.
+    Forward keeps each layer's extended input only (the ReLU's derivative is read off its output);
+    backward runs the transposed kernels and the transposed exchange. Gradients are summed over
+    the data axis.
     """
-    xs, zs = [], []
+    xs = []
     x = x0
     L = len(tables.layers)
     for k, t in enumerate(tables.layers):
         xext = _exchange(x, t, rounds[k], model_axis)
         z = kernels.bucketed_spmm(xext, t.index, params["w"][k]) + params["b"][k][:, None]
         xs.append(xext)
-        zs.append(z)
         x = kernels.activation(z, cap) if k < L - 1 else z
-    loss_sum, dz = _softmax_head(zs[-1], tables, labels, global_batch, model_axis)
+    loss_sum, dz = _softmax_head(x, tables, labels, global_batch, model_axis)
     gw, gb = [None] * L, [None] * L
     for k in range(L - 1, -1, -1):
         t = tables.layers[k]
@@ -252,10 +252,12 @@ def local_loss_and_grads(params, tables: DeviceTables, x0, labels, *, rounds, ca
         )
         gb[k] = jnp.sum(dz, axis=1)
         if k > 0:
-            n_prev = zs[k - 1].shape[0]
+            n_prev = sum(i.shape[0] for i in tables.layers[k - 1].index)
+            y_prev = xs[k][:n_prev]  # layer k-1's output: the own rows of layer k's extended input
             dxext = _transposed_spmm(dz, params["w"][k], t)
-            dx = _return_partials(dxext, n_prev, t, rounds[k], model_axis)
-            dz = dx * kernels.activation_mask(zs[k - 1], cap)
+            dx = _return_partials(dxext, y_prev.shape[0], t, rounds[k], model_axis)
+            # the ReLU's derivative from its output (no pre-activations kept): y = clip(z, 0, cap)
+            dz = dx * kernels.activation_mask(y_prev, cap)
     grads = {"w": tuple(gw), "b": tuple(gb)}
     if data_axis is not None:
         grads = jax.lax.psum(grads, data_axis)
