@@ -12,7 +12,9 @@ for every layer ``k`` and device ``p``:
   per round the local rows each device sends (padded to the round's largest message);
 * the transposed tables the backward pass gathers through (no scatter-adds): per extended-input
   row, the ``(output row, weight slot)`` pairs that read it, and per local row, where its partial
-  sums come back from the devices it was sent to.
+  sums come back from the devices it was sent to;
+* groups of rows that read identical inputs (dense blocks), whose weight gradient is then one
+  batched GEMM instead of a gather per edge.
 
 Everything here is NumPy and runs on the host; ``sharded`` and ``engine`` put the tables on
 devices. Padding always uses an out-of-range sentinel index (the length of the indexed axis).
