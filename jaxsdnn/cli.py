@@ -193,14 +193,13 @@ def _cmd_infer(args) -> dict:
     if args.method and (args.devices or 1) < 2:
         raise UsageError("--method partitions the network over --devices; give --devices 2 or more")
     model = args.devices or 1
-    if args.partition and args.devices is None:
-        import zipfile
+    part = None
+    if args.partition:  # read before JAX starts: its part count sets the device count
+        from jaxsdnn import partition as partition_lib
 
-        try:
-            with np.load(args.partition) as z:
-                model = int(z["num_parts"])
-        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
-            raise ValueError(f"{args.partition}: not a readable partition file ({e})") from None
+        part = partition_lib.load_partition(args.partition)
+        if args.devices is None:
+            model = part.num_parts
     if args.data_parallel < 1 or model < 1:
         raise UsageError("--devices and --data-parallel must be >= 1")
     devices = _setup_devices(args, model * args.data_parallel)
@@ -209,9 +208,11 @@ def _cmd_infer(args) -> dict:
 
     net = _read_network(args)
     images = io.read_images(args.images, num_features=net.sizes[0])
-    part = None
-    if args.partition:
-        part = partition.load_partition(args.partition, network=net)
+    if part is not None:
+        try:
+            part.validate_for(net)
+        except ValueError as e:
+            raise ValueError(f"{args.partition}: {e}") from None
         if part.num_parts != model:
             raise UsageError(f"{args.partition} has {part.num_parts} parts but --devices is {model}")
     elif model > 1:

@@ -24,13 +24,13 @@ References:
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import os
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+
+from jaxsdnn.io import read_bytes
 
 __all__ = [
     "Dataset",
@@ -135,12 +135,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
-    raw = path.read_bytes()
-    if path.name.endswith(".gz"):
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as e:
-            raise ValueError(f"{path}: not a valid gzip file ({e})") from None
+    raw = read_bytes(path)
     if len(raw) < 4:
         raise ValueError(f"{path}: {len(raw)} bytes, too short for an IDX header (4 bytes of magic)")
     zero, kind, ndim = raw[0:2], raw[2], raw[3]

@@ -68,14 +68,20 @@ def graphchallenge_bias(neurons: int) -> float:
 
 
 # -- reading text -----------------------------------------------------------------------------
-def _read_text(path: Path) -> str:
-    """The file's text, gunzipped when the name ends in ``.gz``."""
-    data = path.read_bytes()
-    if path.name.endswith(".gz"):
+def read_bytes(path: Path) -> bytes:
+    """The file's bytes, gunzipped when the name ends in ``.gz`` (a bad gzip names the file)."""
+    data = Path(path).read_bytes()
+    if Path(path).name.endswith(".gz"):
         try:
             data = gzip.decompress(data)
         except (OSError, EOFError, zlib.error) as e:
             raise ValueError(f"{path}: not a valid gzip file ({e})") from None
+    return data
+
+
+def _read_text(path: Path) -> str:
+    """The file's text, gunzipped when the name ends in ``.gz``."""
+    data = read_bytes(path)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -8,7 +8,8 @@ its incoming edges, ``index[r, s]`` the row of the input activation it reads. Ro
 pruned network with a few long rows does not pay for the longest row everywhere.
 
 Activations are feature-major, ``[neurons, batch]``: a slot gathers *whole rows* of the input,
-which measured 3-4x faster than scipy CSR on this machine (``scripts/bench_kernels.py``), while
+which measured 1.2-2.5x faster than scipy CSR on this machine at 32 edges per neuron
+(``scripts/bench_kernels.py``, BENCHMARKS.md), while
 ``bcoo_dot_general`` and a dense matmul were slower than scipy.
 
 These functions see one device's arrays; ``engine`` calls them directly and ``sharded`` calls them

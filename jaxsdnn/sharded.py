@@ -207,7 +207,7 @@ def local_forward(params, tables: DeviceTables, x0, *, rounds, cap, linear_last=
 
 
 def _softmax_head(logits, tables: DeviceTables, labels, global_batch, axis):
-    """Cross-entropy over logits spread over the model axis; returns (loss sum, dlogits, correct)."""
+    """Cross-entropy over logits spread over the model axis; returns (loss sum, dlogits)."""
     valid = (tables.out_ids >= 0)[:, None]
     neg = jnp.asarray(-jnp.inf, logits.dtype)
     masked = jnp.where(valid, logits, neg)

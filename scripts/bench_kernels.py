@@ -13,7 +13,6 @@ faster counts.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -25,6 +24,8 @@ import scipy.sparse as sp
 
 from jaxsdnn import kernels
 from jaxsdnn.plan import choose_bucket_widths
+
+from _report import write_report  # scripts/_report.py
 
 BIAS, CAP = -0.3, 32.0
 
@@ -158,12 +159,7 @@ def main() -> None:
     lines += ["", f"pruned-lognormal (max fan-in {int(fan.max())}, mean {fan.mean():.1f}): bucketed "
               f"{pruned['jaxsdnn']:.3g} edges/s vs one padded bucket {pruned['jaxsdnn_one_bucket']:.3g} "
               f"({pruned['jaxsdnn'] / pruned['jaxsdnn_one_bucket']:.1f}x)"]
-    text = "\n".join(lines)
-    print(text)
-    with open(os.path.join(args.out, "bench_kernels.md"), "w") as f:
-        f.write(text + "\n")
-    with open(os.path.join(args.out, "bench_kernels.json"), "w") as f:
-        json.dump(rows, f, indent=1)
+    write_report(args.out, "bench_kernels", "\n".join(lines), rows)
 
 
 if __name__ == "__main__":

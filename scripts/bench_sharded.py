@@ -15,7 +15,6 @@ reported apart.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -30,6 +29,8 @@ import optax  # noqa: E402
 
 from jaxsdnn import engine, io, partition, sharded  # noqa: E402
 from jaxsdnn import plan as plan_lib  # noqa: E402
+
+from _report import write_report  # noqa: E402  (scripts/_report.py)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GC = os.path.join(ROOT, "data", "graphchallenge")
@@ -138,12 +139,7 @@ def main() -> None:
             lines.append(f"| {P} | {'-' if P == 1 else 'kahypar'} | {t_fwd:.3f} | {t_step:.3f} | {t_step / t_fwd:.2f}x | {c:.1f} |")
             print(f"train P={P}: step/forward {t_step / t_fwd:.2f}", file=sys.stderr)
 
-    text = "\n".join(lines)
-    print(text)
-    with open(os.path.join(args.out, "bench_sharded.md"), "w") as f:
-        f.write(text + "\n")
-    with open(os.path.join(args.out, "bench_sharded.json"), "w") as f:
-        json.dump(rows, f, indent=1)
+    write_report(args.out, "bench_sharded", "\n".join(lines), rows)
 
 
 if __name__ == "__main__":
