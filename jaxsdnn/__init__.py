@@ -7,9 +7,11 @@ The pipeline, one module per stage::
 The generator and the training loop live in their modules (``jaxsdnn.radixnet.radixnet``,
 ``jaxsdnn.train.train``): re-exporting a function under its module's name would shadow the module.
 Importing the package sets up no devices: the CLI and scripts do that (simulated CPU devices via
-``jax_num_cpu_devices``, many hosts via ``jax.distributed``).
+``jax_num_cpu_devices``, many hosts via ``jax.distributed``). It does tell glibc to keep freed host
+memory for reuse (see ``jaxsdnn._hostmem``; ``JAXSDNN_KEEP_HOST_MEMORY=0`` turns that off).
 """
 
+from jaxsdnn._hostmem import keep_freed_host_memory
 from jaxsdnn.checkpoint import load_checkpoint, save_checkpoint
 from jaxsdnn.config import load_config
 from jaxsdnn.data import Dataset, load_dataset
@@ -32,6 +34,8 @@ from jaxsdnn.sharded import (
     sharded_loss_and_grads,
     sharded_predict,
 )
+
+keep_freed_host_memory()  # before any device is used: see jaxsdnn._hostmem
 
 __version__ = "0.1.0"
 

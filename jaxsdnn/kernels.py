@@ -137,29 +137,27 @@ def sampled_dense_dense(dz: jax.Array, x: jax.Array, index: jax.Array) -> jax.Ar
     return out[:rows]
 
 
-def grouped_sampled_dense_dense(
-    dz: jax.Array, x: jax.Array, group_rows: jax.Array, group_cols: jax.Array, row_group: jax.Array
-) -> jax.Array:
-    """:func:`sampled_dense_dense` for a bucket whose rows come in groups reading the same inputs.
+def grouped_sampled_dense_dense(dz: jax.Array, x: jax.Array, group_cols: jax.Array) -> jax.Array:
+    """:func:`sampled_dense_dense` for a bucket laid out as ``G`` slots of ``R`` rows reading the same inputs.
 
-    A group of ``R`` rows sharing ``width`` inputs is a dense block, so its weight gradient is one
-    small GEMM, ``dz[rows] @ x[cols].T``; all groups run as one batched GEMM instead of gathering
-    every row's inputs again (RadiX-Net / Graph Challenge layers: 16 rows share 32 inputs).
+    A slot of ``R`` rows sharing ``width`` inputs is a dense block, so its weight gradient is one
+    small GEMM, ``dz[slot] @ x[cols].T``; all slots run as one batched GEMM instead of gathering
+    every row's inputs again (RadiX-Net / Graph Challenge layers: 16 rows share 32 inputs). The
+    plan lays such buckets out slot by slot, so ``dz`` needs no gather, only a reshape.
 
     Args:
-        dz: ``[rows, batch]``.
+        dz: ``[G * R, batch]``, rows slot by slot (padding rows inside a slot carry zeros).
         x: ``[n_in, batch]``.
-        group_rows: ``[G, R]`` rows of each group (sentinel ``rows``).
-        group_cols: ``[G, width]`` the shared inputs of each group (sentinel ``n_in``).
-        row_group: ``[rows]`` ``g * R + position`` of each row (sentinel ``G * R``: padding).
+        group_cols: ``[G, width]`` the shared inputs of each slot (sentinel ``n_in``).
 
     Returns:
-        ``[rows, width]``, equal to ``sampled_dense_dense(dz, x, index)``.
+        ``[G * R, width]``, equal to ``sampled_dense_dense(dz, x, index)``.
     """
-    dzg = jnp.take(dz, group_rows, axis=0, mode="fill", fill_value=0)  # [G, R, batch]
+    G, width = group_cols.shape
+    rows, batch = dz.shape
     xg = jnp.take(x, group_cols, axis=0, mode="fill", fill_value=0)  # [G, width, batch]
-    m = jnp.einsum("grb,gwb->grw", dzg, xg)
-    return jnp.take(m.reshape(-1, m.shape[-1]), row_group, axis=0, mode="fill", fill_value=0)
+    m = jnp.einsum("grb,gwb->grw", dz.reshape(G, rows // G, batch), xg)
+    return m.reshape(rows, width)
 
 
 def activation(z: jax.Array, cap: float | None) -> jax.Array:

@@ -160,6 +160,17 @@ class SparseNetwork:
         w = self.weights[k - 1]
         return np.bincount(w.indices, minlength=w.shape[1]).astype(np.int64)
 
+    def input_classes(self, k: int) -> np.ndarray:
+        """``[n_k]`` int64 class ids of layer ``k`` (1-based): equal exactly when two neurons read
+        the same set of inputs (RadiX-Net / Graph Challenge layers come in such dense blocks)."""
+        c = self.weights[k - 1].tocsc()
+        c.sort_indices()
+        fan_in = np.diff(c.indptr)
+        table = np.full((c.shape[1], int(fan_in.max(initial=0))), -1, dtype=np.int64)
+        col = np.repeat(np.arange(c.shape[1]), fan_in)
+        table[col, np.arange(col.size) - c.indptr[col]] = c.indices
+        return np.unique(table, axis=0, return_inverse=True)[1].reshape(-1).astype(np.int64)
+
     def fingerprint(self) -> str:
         """SHA-256 of the structure (sizes and edge positions, not values).
 

@@ -153,13 +153,12 @@ class LayerTables:
         fold: ``[P, n_local[k-1], f]`` int32: for each local layer ``k-1`` row, where its partial
             sums come back in the concatenation of the returned round buffers; sentinel = total
             round length.
-        group_rows: per forward bucket, ``[P, G, R]`` int32: rows of the bucket that read exactly
-            the same inputs (a dense ``R x width`` block, as in RadiX-Net's ``kron(ones(16,16), .)``
-            layers); sentinel ``rows_b``. ``[P, 0, 0]`` when the bucket has no such structure.
-        group_cols: per forward bucket, ``[P, G, width]`` int32: the shared input rows of each group
-            (extended-input rows, sentinel ``n_ext``).
-        row_group: per forward bucket, ``[P, rows_b]`` int32: ``g * R + position`` of every row in
-            its group (sentinel ``G * R`` for padding rows); ``[P, 0]`` without groups.
+        group_cols: per forward bucket, ``[P, G, width]`` int32, for a *grouped* bucket: its rows
+            are ``G`` slots of ``R = rows_b / G`` consecutive rows, each slot holding neurons that
+            read exactly the same inputs (a dense ``R x width`` block, as in RadiX-Net's
+            ``kron(ones(16,16), .)`` layers), padded inside the slot; ``group_cols[p, g]`` are the
+            slot's shared extended-input rows (sentinel ``n_ext`` for an empty slot). ``[P, 0,
+            width]`` for a bucket without that structure.
     """
 
     index: tuple[np.ndarray, ...]
@@ -168,9 +167,7 @@ class LayerTables:
     t_weight: tuple[np.ndarray, ...]
     t_perm: np.ndarray
     fold: np.ndarray
-    group_rows: tuple[np.ndarray, ...]
     group_cols: tuple[np.ndarray, ...]
-    row_group: tuple[np.ndarray, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,22 +264,63 @@ def _parts_of(partition, network: SparseNetwork) -> tuple[list[np.ndarray], int]
     return parts, num_parts
 
 
-def _local_layout(owner: np.ndarray, bucket: np.ndarray, num_parts: int, num_buckets: int):
-    """Rows per (device, bucket), padded to the largest device; returns ids, pos, rows_b, offsets."""
+def _local_layout(owner: np.ndarray, bucket: np.ndarray, num_parts: int, num_buckets: int,
+                  group: np.ndarray | None = None, piece_rows: np.ndarray | None = None):
+    """Rows per (device, bucket), padded to the largest device; returns ids, pos, rows_b, offsets.
+
+    With ``group`` (a group id per neuron) and ``piece_rows`` (per bucket, 0 or ``R``), the rows
+    of a bucket with ``R > 0`` are laid out as ``[G, R]``: the neurons of one group on one device
+    (a *piece*) fill consecutive rows of one ``R``-row slot, padded inside the slot.
+    """
     n = owner.size
+    group = np.zeros(n, dtype=np.int64) if group is None else group
+    piece_rows = np.zeros(num_buckets, dtype=np.int64) if piece_rows is None else piece_rows
+    group = np.where(piece_rows[bucket] > 0, group, 0)  # ungrouped buckets: rows by id
+    order = np.lexsort((np.arange(n), group, bucket, owner))  # by device, bucket, group, id
+    o_dev, o_b, o_g = owner[order], bucket[order], group[order]
+    key = o_dev * num_buckets + o_b
+    rank = np.arange(n) - np.searchsorted(key, key, side="left")  # rank within (device, bucket)
+    R = piece_rows[o_b]
+    grouped = R > 0
+    if grouped.any():
+        first = np.ones(n, dtype=bool)  # first neuron of its (device, bucket, group) piece
+        first[1:] = (key[1:] != key[:-1]) | (o_g[1:] != o_g[:-1])
+        piece_start = np.maximum.accumulate(np.where(first, np.arange(n), 0))
+        piece_slot = np.cumsum(first) - 1
+        piece_slot = piece_slot - piece_slot[np.searchsorted(key, key, side="left")]
+        rank = np.where(grouped, piece_slot * R + (np.arange(n) - piece_start), rank)
     counts = np.zeros((num_parts, num_buckets), dtype=np.int64)
-    np.add.at(counts, (owner, bucket), 1)
+    np.maximum.at(counts, (o_dev, o_b), rank + 1)
     rows_b = counts.max(axis=0)
+    rows_b = np.where(piece_rows > 0, -(-rows_b // np.maximum(piece_rows, 1)) * piece_rows, rows_b)
     offsets = np.concatenate([[0], np.cumsum(rows_b)])
-    order = np.lexsort((np.arange(n), bucket, owner))  # by device, bucket, id
-    key = owner[order] * num_buckets + bucket[order]
-    start = np.searchsorted(key, key, side="left")
-    rank = np.arange(n) - start  # rank within (device, bucket)
     pos = np.empty(n, dtype=np.int64)
-    pos[order] = offsets[bucket[order]] + rank
+    pos[order] = offsets[o_b] + rank
     ids = np.full((num_parts, int(offsets[-1])), -1, dtype=np.int64)
     ids[owner, pos] = np.arange(n)
     return ids, pos, rows_b, offsets
+
+
+def _piece_rows(owner: np.ndarray, bucket: np.ndarray, group: np.ndarray, num_parts: int, num_buckets: int,
+                max_waste: float = 1.25) -> np.ndarray:
+    """Per bucket, the slot height ``R`` of its grouped layout, or 0 where grouping does not pay.
+
+    A bucket is grouped when its neurons come in pieces (same group, same device) of at least two
+    and padding every piece to the largest, ``R``, costs at most ``max_waste`` times its rows.
+    """
+    R = np.zeros(num_buckets, dtype=np.int64)
+    ng = int(group.max(initial=-1)) + 1
+    for b in range(num_buckets):
+        sel = bucket == b
+        if not sel.any():
+            continue
+        pieces, size = np.unique(owner[sel] * ng + group[sel], return_counts=True)
+        per_device = np.bincount(pieces // ng, minlength=num_parts)
+        rows = np.bincount(owner[sel], minlength=num_parts).max()
+        r = int(size.max())
+        if r >= 2 and per_device.max() * r <= max_waste * rows:
+            R[b] = r
+    return R
 
 
 def _padded_rows(group: np.ndarray, values: np.ndarray, num_groups: int, width: int, fill: int) -> np.ndarray:
@@ -335,45 +373,20 @@ def _transposed_tables(owner_rows, ext_of_edge, row_of_edge, wpos_of_edge, n_ext
     return tuple(t_row), tuple(t_weight), t_perm.astype(np.int32)
 
 
-def _dense_groups(index: np.ndarray, real: np.ndarray, n_ext: int, max_waste: float = 1.25):
-    """Groups the rows of one bucket that read identical inputs, if that pays.
+def _group_cols(index: np.ndarray, piece_rows: int, n_ext: int) -> np.ndarray:
+    """``[P, G, width]``: the shared input rows of every ``piece_rows``-row slot of a grouped bucket.
 
-    Args:
-        index: ``[P, rows, width]`` the bucket's index table.
-        real: ``[P, rows]`` bool, False for padding rows.
-
-    Returns:
-        ``(group_rows, group_cols, row_group)`` as documented in :class:`LayerTables`, or empty
-        tables when groups are mostly singletons (padding ``G x R`` would cost more than
-        ``max_waste`` times the rows).
+    Every real row of a slot reads the same inputs in the same slot order, so the slot's first
+    real row gives them; empty slots get the sentinel ``n_ext``.
     """
     P, rows, width = index.shape
-    per_dev = []
-    for p in range(P):
-        r = np.flatnonzero(real[p])
-        if r.size == 0 or width == 0:
-            per_dev.append((r, np.zeros((0, width), np.int64), np.zeros(0, np.int64)))
-            continue
-        uniq, inverse = np.unique(index[p, r], axis=0, return_inverse=True)
-        per_dev.append((r, uniq, inverse.reshape(-1)))
-    G = max(u.shape[0] for _, u, _ in per_dev)
-    R = max((np.bincount(inv).max() if inv.size else 0) for _, _, inv in per_dev)
-    empty = (np.zeros((P, 0, 0), np.int32), np.zeros((P, 0, width), np.int32), np.zeros((P, 0), np.int32))
-    if R < 2 or G * R > max_waste * rows:
-        return empty
-    group_rows = np.full((P, G, R), rows, dtype=np.int64)
-    group_cols = np.full((P, G, width), n_ext, dtype=np.int64)
-    row_group = np.full((P, rows), G * R, dtype=np.int64)
-    for p, (r, uniq, inv) in enumerate(per_dev):
-        if r.size == 0:
-            continue
-        order = np.argsort(inv, kind="stable")
-        g_sorted = inv[order]
-        pos = np.arange(order.size) - np.searchsorted(g_sorted, g_sorted, side="left")
-        group_rows[p, g_sorted, pos] = r[order]
-        group_cols[p, : uniq.shape[0]] = uniq
-        row_group[p, r[order]] = g_sorted * R + pos
-    return group_rows.astype(np.int32), group_cols.astype(np.int32), row_group.astype(np.int32)
+    if piece_rows == 0:
+        return np.zeros((P, 0, width), dtype=np.int32)
+    slots = index.reshape(P, rows // piece_rows, piece_rows, width)
+    real = (slots < n_ext).any(axis=3)  # [P, G, R]
+    first = np.argmax(real, axis=2)
+    cols = np.take_along_axis(slots, first[:, :, None, None], axis=2)[:, :, 0, :]
+    return np.where(real.any(axis=2)[:, :, None], cols, n_ext).astype(np.int32)
 
 
 def build_plan(network: SparseNetwork, partition, max_buckets: int = 6) -> Plan:
@@ -453,7 +466,9 @@ def build_plan(network: SparseNetwork, partition, max_buckets: int = 6) -> Plan:
         fan_in = np.bincount(dst, minlength=sizes[k])
         widths = choose_bucket_widths(fan_in, max_buckets=max_buckets)
         bucket = np.searchsorted(widths, fan_in, side="left")
-        ids, pos, rows_b, offsets = _local_layout(parts[k], bucket, P, widths.size)
+        group = network.input_classes(k)
+        piece_rows = np.where(widths > 0, _piece_rows(parts[k], bucket, group, P, widths.size), 0)
+        ids, pos, rows_b, offsets = _local_layout(parts[k], bucket, P, widths.size, group, piece_rows)
         n_rows = int(offsets[-1])
 
         ext = np.where(remote, -1, pos_prev[src])
@@ -484,13 +499,10 @@ def build_plan(network: SparseNetwork, partition, max_buckets: int = 6) -> Plan:
 
         local_ids.append(ids)
         rounds_all.append(tuple(tuple(pairs) for pairs in rounds))
-        groups = [
-            _dense_groups(idx, ids[:, offsets[b] : offsets[b + 1]] >= 0, n_ext) for b, idx in enumerate(index)
-        ]
         tables.append(
             LayerTables(
                 tuple(index), tuple(send), t_row, t_weight, t_perm, fold.astype(np.int32),
-                tuple(g[0] for g in groups), tuple(g[1] for g in groups), tuple(g[2] for g in groups),
+                tuple(_group_cols(idx, int(r), n_ext) for idx, r in zip(index, piece_rows)),
             )
         )
         edge_slots.append(edge_slot)

@@ -49,7 +49,7 @@ DATA_AXIS = "data"
 
 jax.tree_util.register_dataclass(
     LayerTables,
-    data_fields=["index", "send", "t_row", "t_weight", "t_perm", "fold", "group_rows", "group_cols", "row_group"],
+    data_fields=["index", "send", "t_row", "t_weight", "t_perm", "fold", "group_cols"],
     meta_fields=[],
 )
 
@@ -245,10 +245,10 @@ def local_loss_and_grads(params, tables: DeviceTables, x0, labels, *, rounds, ca
         t = tables.layers[k]
         offs = np.cumsum([0] + [i.shape[0] for i in t.index])
         gw[k] = tuple(
-            kernels.grouped_sampled_dense_dense(dz[offs[b] : offs[b + 1]], xs[k], gr, gc, rg)
-            if rg.shape[0]
+            kernels.grouped_sampled_dense_dense(dz[offs[b] : offs[b + 1]], xs[k], gc)
+            if gc.shape[0]
             else kernels.sampled_dense_dense(dz[offs[b] : offs[b + 1]], xs[k], idx)
-            for b, (idx, gr, gc, rg) in enumerate(zip(t.index, t.group_rows, t.group_cols, t.row_group))
+            for b, (idx, gc) in enumerate(zip(t.index, t.group_cols))
         )
         gb[k] = jnp.sum(dz, axis=1)
         if k > 0:

@@ -25,12 +25,11 @@ import jax
 jax.config.update("jax_num_cpu_devices", 8)
 
 import numpy as np  # noqa: E402
-import optax  # noqa: E402
 
 from jaxsdnn import engine, io, partition, sharded  # noqa: E402
-from jaxsdnn import plan as plan_lib  # noqa: E402
 
 from _report import write_report  # noqa: E402  (scripts/_report.py)
+from _timing import train_vs_forward  # noqa: E402  (scripts/_timing.py)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GC = os.path.join(ROOT, "data", "graphchallenge")
@@ -47,49 +46,13 @@ def get_partition(net, parts, method, cache_dir):
     return p, seconds
 
 
-def median_time(fn, repeats):
-    jax.block_until_ready(fn())
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts))
-
-
-def train_vs_forward(net, images, part, model, batch, repeats):
-    """(forward seconds, train-step seconds, compile seconds of the step) at ``batch``."""
-    parts = plan_lib.parts_single_device(net) if part is None else part
-    plan = plan_lib.build_plan(net, parts)
-    sn = sharded.shard_network(plan, net, sharded.make_mesh(model, 1))
-    rng = np.random.default_rng(0)
-    x = sharded.put_inputs(sn, plan_lib.inputs_to_local(plan, images[:batch]))
-    y = sharded.put_labels(sn, rng.integers(0, net.sizes[-1], batch))
-    forward = sharded.sharded_forward(sn)
-    loss_and_grads = sharded.sharded_loss_and_grads(sn, batch)
-    opt = optax.sgd(1e-3)
-    state = opt.init(sn.params)
-
-    @jax.jit
-    def step(params, state, tables, x, y):
-        loss, grads = loss_and_grads(params, tables, x, y)
-        updates, state = opt.update(grads, state, params)
-        return optax.apply_updates(params, updates), state, loss
-
-    t0 = time.perf_counter()
-    jax.block_until_ready(step(sn.params, state, sn.tables, x, y))
-    compile_s = time.perf_counter() - t0
-    t_fwd = median_time(lambda: forward(sn.params, sn.tables, x), repeats)
-    t_step = median_time(lambda: step(sn.params, state, sn.tables, x, y), repeats)
-    return t_fwd, t_step, compile_s
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="24 layers, P in {1, 4}, kahypar and random only")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default="bench_out")
-    ap.add_argument("--skip-train", action="store_true")
+    ap.add_argument("--skip-train", action="store_true", help="inference only")
+    ap.add_argument("--train-only", action="store_true", help="the training step table only")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
 
@@ -100,6 +63,8 @@ def main() -> None:
     device_counts = (1, 4) if args.quick else (1, 2, 4, 8)
     methods = ("random", "kahypar") if args.quick else partition.METHODS
 
+    if args.train_only:
+        device_counts, methods = (), ()
     base = engine.run_inference(net, images, repeats=args.repeats)
     rows = [{"devices": 1, "method": "single-device engine", "edges_per_second": base.edges_per_second,
              "ratio": 1.0, "compile_s": base.compile_seconds, "volume": 0, "padded": 0, "rounds": 0,
@@ -132,12 +97,12 @@ def main() -> None:
 
     if not args.skip_train:
         lines += ["", f"## One training step vs the forward pass (batch 1000, {layers} layers, SGD)", "",
-                  "| devices | partition | forward s | train step s | step / forward | step compile s |", "|---|---|---|---|---|---|"]
+                  "| devices | partition | forward s | train step s | step / forward (median of per-repeat ratios) | step compile s |", "|---|---|---|---|---|---|"]
         for P in (1, 4):
             part = None if P == 1 else get_partition(net, P, "kahypar", args.out)[0]
-            t_fwd, t_step, c = train_vs_forward(net, images, part, P, 1000, args.repeats)
-            lines.append(f"| {P} | {'-' if P == 1 else 'kahypar'} | {t_fwd:.3f} | {t_step:.3f} | {t_step / t_fwd:.2f}x | {c:.1f} |")
-            print(f"train P={P}: step/forward {t_step / t_fwd:.2f}", file=sys.stderr)
+            t_fwd, t_step, ratio, c = train_vs_forward(net, images, part, P, 1000, args.repeats)
+            lines.append(f"| {P} | {'-' if P == 1 else 'kahypar'} | {t_fwd:.3f} | {t_step:.3f} | {ratio:.2f}x | {c:.1f} |")
+            print(f"train P={P}: step/forward {ratio:.2f}", file=sys.stderr)
 
     write_report(args.out, "bench_sharded", "\n".join(lines), rows)
 

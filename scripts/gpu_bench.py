@@ -8,6 +8,8 @@ Cases, each timed as the median of ``--repeats`` passes after compilation (repor
   engine (the sharded code path with the trivial partition);
 * with ``G > 1`` devices: ``engine P=G`` (neurons partitioned by kahypar, or ``block`` when the
   kahypar module is missing) and ``engine 1 x G`` (batch split, no exchange);
+* ``train``: one SGD training step (forward, backward, update) against the forward pass on one
+  device, at ``--train-batches`` (``scripts/_timing.py``, as in ``bench_sharded.py``);
 * the same ``kernel`` and ``engine P=1`` on a RadiX-Net of ``--radix-neurons`` neurons, if the
   time budget allows.
 
@@ -44,10 +46,12 @@ def parse_args():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--radix-neurons", type=int, default=4096)
     ap.add_argument("--radix-layers", type=int, default=24)
+    ap.add_argument("--train-batches", type=int, nargs="*", default=[1000, 10000], help="batches of the train case")
     ap.add_argument("--budget", type=float, default=420.0, help="seconds; later cases are skipped past it")
     args = ap.parse_args()
     if args.check:
         args.layers, args.images, args.repeats, args.radix_neurons, args.radix_layers = 6, 512, 1, 1024, 4
+        args.train_batches = [256]
     return args
 
 
@@ -67,6 +71,9 @@ from jaxsdnn import engine, io, kernels, radixnet, sharded  # noqa: E402
 from jaxsdnn import plan as plan_lib  # noqa: E402
 from jaxsdnn import reference  # noqa: E402
 from jaxsdnn.reference import categories as categories_of  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _timing import train_vs_forward  # noqa: E402  (scripts/_timing.py)
 
 
 def auto_batch(neurons: int, images: int) -> int:
@@ -197,6 +204,16 @@ def main() -> None:
     else:
         notes.append("one device: a partition over P > 1 devices cannot run here; engine P=1 only")
 
+    train_rows = []
+    for tb in args.train_batches:
+        if time.perf_counter() - start > args.budget / 3:
+            notes.append(f"skipped the train case at batch {tb}: past a third of the budget")
+            continue
+        t_fwd, t_step, ratio, c = train_vs_forward(net, images, None, 1, min(tb, args.images), args.repeats)
+        train_rows.append((min(tb, args.images), t_fwd, t_step, ratio, c))
+        print(f"{tag} train batch {tb}: forward {t_fwd:.4f} s, step {t_step:.4f} s, ratio {ratio:.2f}",
+              file=sys.stderr, flush=True)
+
     elapsed = time.perf_counter() - start
     if elapsed < args.budget / 2:
         n = args.radix_neurons
@@ -229,6 +246,11 @@ def main() -> None:
               f"edges/s = images x stored edges / run s. categories ok: the kernel's match the scipy reference on the "
               f"first 1000 images, every engine case's match the kernel's on all. "
               f"Total wall time {time.perf_counter() - start:.0f} s."]
+    if train_rows:
+        lines += ["", f"One SGD training step against the forward pass ({tag}, one device; median of "
+                  f"{args.repeats} interleaved repeats):", "",
+                  "| batch | forward s | train step s | step / forward | step compile s |", "|---|---|---|---|---|"]
+        lines += [f"| {b} | {f:.4f} | {t:.4f} | {r:.2f}x | {c:.1f} |" for b, f, t, r, c in train_rows]
     lines += [f"- {n}" for n in notes]
     text = "\n".join(lines)
     print(text)

@@ -331,3 +331,86 @@ def test_kahypar_config_runs_in_subprocess():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("ok [3, 3, 3, 3]")
+
+
+# -- unit chains -------------------------------------------------------------------------------
+
+
+def cycle_class_network(num_groups, group_size, num_layers, seed=0) -> SparseNetwork:
+    """Every layer: ``num_groups`` classes of ``group_size`` neurons with one input set each.
+
+    The previous layer's neurons are dealt at random into ``num_groups`` read sets of
+    ``group_size``; class ``G`` reads read sets ``G`` and ``G + 1`` (a cycle), so every neuron
+    has fan-in ``2 * group_size`` and fan-out ``2 * group_size`` (the Graph Challenge pattern).
+    """
+    rng = np.random.default_rng(seed)
+    n = num_groups * group_size
+    mats = []
+    for _ in range(num_layers):
+        read_set = rng.permutation(n) // group_size  # neuron -> its read set
+        rows, cols = [], []
+        for j in range(n):
+            g = j // group_size
+            for s in (g, (g + 1) % num_groups):
+                members = np.flatnonzero(read_set == s)
+                rows.append(members), cols.append(np.full(members.size, j))
+        rows, cols = np.concatenate(rows), np.concatenate(cols)
+        mats.append(sp.csr_array((np.ones(rows.size), (rows, cols)), shape=(n, n)))
+    return SparseNetwork.from_scipy(mats)
+
+
+def brute_force_volume(network, parts):
+    total = 0
+    for k, w in enumerate(network.weights):
+        dense = w.toarray() != 0
+        for i in range(w.shape[0]):
+            total += len({int(parts[k][i])} | set(parts[k + 1][np.flatnonzero(dense[i])].tolist())) - 1
+    return total
+
+
+def test_unit_chains_balanced_exact_volume_and_not_worse():
+    net = cycle_class_network(8, 4, 5, seed=1)
+    weights = layer_weights(net)
+    chains = partition_mod.unit_chains(net, weights, 8)
+    assert chains is not None and chains[0] is None
+    for p in chains[1:]:
+        assert np.array_equal(np.bincount(p, minlength=8), np.full(8, 4))  # one 4-unit per device
+    chains[0] = np.arange(net.sizes[0]) % 8
+    assert connectivity_volume(net, chains)[0] == brute_force_volume(net, chains)
+    sweep = partition_network(net, 8, "kahypar", passes=0)  # keeps the better of sweep and chains
+    solved = list(chains)
+    cap0 = layer_cap(weights[0], 8, 0.03)
+    solved[0], _ = partition_mod._solve(net, solved, 0, weights[0], cap0, 8, "kahypar", 0.03, 0, 1)
+    assert connectivity_volume(net, sweep.parts)[0] <= connectivity_volume(net, solved)[0]
+    assert imbalances(net, sweep).max() <= 0.03 + 1e-12
+    again = partition_network(net, 8, "kahypar", passes=0)
+    assert all(np.array_equal(a, b) for a, b in zip(sweep.parts, again.parts))
+
+
+def test_unit_chains_optimal_among_class_preserving_partitions():
+    import itertools
+
+    from jaxsdnn.hypergraph import layer_volume
+
+    net = cycle_class_network(4, 2, 3, seed=2)
+    chains = partition_mod.unit_chains(net, layer_weights(net), 4)
+    chains[0] = np.zeros(net.sizes[0], np.int64)  # layers 2..L do not read layer 0
+    got = sum(layer_volume(net, chains, k, 4) for k in range(2, net.num_layers + 1))
+    classes = [None] + [net.input_classes(k) for k in range(1, net.num_layers + 1)]
+    best = None
+    perms = [np.array(q) for q in itertools.permutations(range(4))]
+    for choice in itertools.product(perms, repeat=net.num_layers - 1):  # layer 1 fixed: devices are symmetric
+        parts = [chains[0], classes[1]] + [perm[classes[k + 2]] for k, perm in enumerate(choice)]
+        vol = sum(layer_volume(net, parts, k, 4) for k in range(2, net.num_layers + 1))
+        best = vol if best is None else min(best, vol)
+    assert got == best
+
+
+def test_unit_chains_only_where_they_apply():
+    weights = layer_weights(mixed_fan_in_network((80, 120, 96, 110)))
+    assert partition_mod.unit_chains(mixed_fan_in_network((80, 120, 96, 110)), weights, 4) is None
+    net = cycle_class_network(8, 4, 3)
+    assert partition_mod.unit_chains(net, layer_weights(net), 4) is None  # 8-neuron devices, classes of 4
+    halves = partition_mod.unit_chains(net, layer_weights(net), 16)  # classes of 4 cut into 2-units
+    assert halves is not None and all(np.array_equal(np.bincount(p), np.full(16, 2)) for p in halves[1:])
+    assert partition_mod.unit_chains(net, layer_weights(net), 1) is None

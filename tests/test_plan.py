@@ -127,3 +127,68 @@ def test_plan_rejects_bad_partitions():
         build_plan(net, [np.zeros(10, int), np.zeros(5, int), np.zeros(4, int)])
     with pytest.raises(ValueError, match="partition has 2 layers"):
         build_plan(net, [np.zeros(10, int), np.zeros(6, int)])
+
+
+def _kron_network(seed=0, group=4):
+    """Layers kron(ones(group, group), M): outputs come in groups reading identical inputs."""
+    rng = np.random.default_rng(seed)
+    mats = []
+    for n_in, n_out in [(6, 5), (5, 7)]:
+        m = (rng.random((n_in, n_out)) < 0.4).astype(float)
+        m[rng.integers(0, n_in, n_out), np.arange(n_out)] = 1
+        pattern = sp.coo_array(np.kron(np.ones((group, group)), m))
+        mats.append(sp.csr_array((rng.standard_normal(pattern.nnz), (pattern.row, pattern.col)), shape=pattern.shape))
+    return SparseNetwork.from_scipy(mats, 0.0)
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_grouped_buckets_are_slots_of_rows_with_identical_inputs(split):
+    import jax.numpy as jnp
+
+    from jaxsdnn import kernels
+
+    net = _kron_network()
+    P = 2
+    parts = [np.arange(n) % P for n in net.sizes]
+    if split:  # break some groups: neuron 0 of layer 1 (group of 0, 5, 10, 15) moves to device 1
+        parts[1] = parts[1].copy()
+        parts[1][[0, 5]] = 1 - parts[1][[0, 5]]
+    plan = build_plan(net, parts)
+    grouped = 0
+    rng = np.random.default_rng(0)
+    for k, t in enumerate(plan.tables, start=1):
+        inputs = net.weights[k - 1].tocsc()
+        in_set = lambda j: tuple(inputs.indices[inputs.indptr[j] : inputs.indptr[j + 1]])  # noqa: E731
+        offs = np.cumsum([0] + [i.shape[1] for i in t.index])
+        assert sorted(plan.local_ids[k][plan.local_ids[k] >= 0].tolist()) == list(range(net.sizes[k]))
+        for b, (idx, gc) in enumerate(zip(t.index, t.group_cols)):
+            G = gc.shape[1]
+            if G == 0:
+                continue
+            grouped += 1
+            R = idx.shape[1] // G
+            assert R * G == idx.shape[1] and R >= 2
+            n_ext = int(idx.max())
+            for p in range(P):
+                ids = plan.local_ids[k][p, offs[b] : offs[b + 1]]
+                for g in range(G):
+                    slot_ids = ids[g * R : (g + 1) * R]
+                    real = slot_ids >= 0
+                    assert len({in_set(j) for j in slot_ids[real]}) <= 1
+                    np.testing.assert_array_equal(idx[p, g * R : (g + 1) * R][real], np.broadcast_to(gc[p, g], (real.sum(), gc.shape[2])))
+                    assert (idx[p, g * R : (g + 1) * R][~real] == n_ext).all()
+                # the batched GEMM equals the per-row gathered product
+                dz = rng.standard_normal((idx.shape[1], 3)).astype(np.float32) * (ids >= 0)[:, None]
+                x = rng.standard_normal((n_ext, 3)).astype(np.float32)
+                np.testing.assert_allclose(
+                    kernels.grouped_sampled_dense_dense(jnp.asarray(dz), jnp.asarray(x), jnp.asarray(gc[p])),
+                    kernels.sampled_dense_dense(jnp.asarray(dz), jnp.asarray(x), jnp.asarray(idx[p])),
+                    rtol=1e-5, atol=1e-5,
+                )
+    assert grouped >= 2
+
+
+def test_unstructured_layers_are_not_grouped():
+    net = random_network([40, 30, 20], density=0.2, seed=3)
+    plan = build_plan(net, random_parts(net, 2, seed=0))
+    assert all(gc.shape[1] == 0 for t in plan.tables for gc in t.group_cols)

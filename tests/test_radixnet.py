@@ -99,3 +99,19 @@ def test_random_images_binary_reproducible():
     assert (a != b).nnz == 0 and (a != c).nnz > 0
     with pytest.raises(ValueError, match="density"):
         random_images(128, 5, 1.5)
+
+
+def test_input_classes_are_the_dense_blocks():
+    net = radixnet(1024, 6)
+    for k in range(1, 7):
+        classes = net.input_classes(k)
+        size = 32 if k == 6 else 16  # the last stage of a block pairs residues p and p + 32
+        np.testing.assert_array_equal(np.bincount(classes), np.full(1024 // size, size))
+        cols = net.weights[k - 1].tocsc()
+        for c in range(3):
+            members = np.flatnonzero(classes == c)
+            sets = {tuple(np.sort(cols.indices[cols.indptr[j] : cols.indptr[j + 1]])) for j in members}
+            assert len(sets) == 1
+        first = [np.flatnonzero(classes == c)[0] for c in range(classes.max() + 1)]
+        sets = {tuple(np.sort(cols.indices[cols.indptr[j] : cols.indptr[j + 1]])) for j in first}
+        assert len(sets) == len(first)  # different classes read different sets

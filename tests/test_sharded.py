@@ -185,7 +185,7 @@ def test_dense_block_weight_gradient_matches_reference(model, data, method):
     part = partition_network(net, model, method=method, seed=0)
     plan = plan_lib.build_plan(net, part)
     if model == 1:  # the grouped (batched GEMM) path is taken
-        assert sum(rg.shape[1] > 0 for t in plan.tables for rg in t.row_group) >= 2
+        assert sum(gc.shape[1] > 0 for t in plan.tables for gc in t.group_cols) >= 2
     sn = sharded.shard_network(plan, net, sharded.make_mesh(model, data))
     rng = np.random.default_rng(3)
     x = rng.random((BATCH, net.sizes[0])).astype(np.float32)
