@@ -53,6 +53,8 @@ def main() -> None:
     ap.add_argument("--out", default="bench_out")
     ap.add_argument("--skip-train", action="store_true", help="inference only")
     ap.add_argument("--train-only", action="store_true", help="the training step table only")
+    ap.add_argument("--devices", type=int, nargs="*", help="device counts (default 1 2 4 8)")
+    ap.add_argument("--methods", nargs="*", choices=partition.METHODS, help="partitioners (default all)")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
 
@@ -63,6 +65,8 @@ def main() -> None:
     device_counts = (1, 4) if args.quick else (1, 2, 4, 8)
     methods = ("random", "kahypar") if args.quick else partition.METHODS
 
+    device_counts = args.devices or device_counts
+    methods = args.methods or methods
     if args.train_only:
         device_counts, methods = (), ()
     base = engine.run_inference(net, images, repeats=args.repeats)
