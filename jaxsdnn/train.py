@@ -59,7 +59,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 """Relative data/network paths that do not exist under the cwd are looked up here."""
 
 # sections / keys that must not change when a run is resumed
-_FIXED_ON_RESUME = ("data", "network", "train.optimizer", "train.batch_size", "train.seed")
+_FIXED_ON_RESUME = (
+    "data", "network", "train.optimizer", "train.batch_size", "train.seed",
+    "partition.method", "partition.epsilon", "partition.seed",  # the checkpoint holds the partition
+)
 _CACHE_SIZE = 4
 _STEP_CACHE: collections.OrderedDict = collections.OrderedDict()
 _PREDICT_CACHE: collections.OrderedDict = collections.OrderedDict()
@@ -237,6 +240,8 @@ def _check_resume_config(saved_path: Path, config: Config) -> None:
         saved = _flat(yaml.safe_load(f) or {})
     now = _flat(config_to_dict(config))
     diff = [k for k in now if k.startswith(_FIXED_ON_RESUME) and k in saved and saved[k] != now[k]]
+    if now.get("train.schedule") == "cosine" and saved.get("train.epochs", now["train.epochs"]) != now["train.epochs"]:
+        diff.append("train.epochs")  # the cosine schedule decays over all steps: its length would change
     if diff:
         details = ", ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in diff)
         raise ValueError(f"{saved_path}: cannot resume with a different {details}")

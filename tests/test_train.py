@@ -135,6 +135,14 @@ def test_resume_reproduces_uninterrupted_losses(tmp_path):
     # a checkpoint of another network is refused, naming what changed
     with pytest.raises(ValueError, match="cannot resume with a different network.width: 32 -> 64"):
         train(load_config(None, TINY + ["network.width=64"]), tmp_path / "cut", resume=True, progress=False)
+    # the partition comes from the checkpoint: another method would be ignored, so it is refused
+    with pytest.raises(ValueError, match="cannot resume with a different partition.method: 'block' -> 'random'"):
+        train(load_config(None, TINY + ["partition.method=random"]), tmp_path / "cut", resume=True, progress=False)
+    # a cosine schedule decays over all epochs: changing them on resume is refused
+    cosine = TINY + ["train.schedule=cosine", "train.max_steps=5"]
+    train(load_config(None, cosine), tmp_path / "cos", progress=False)
+    with pytest.raises(ValueError, match="cannot resume with a different train.epochs: 2 -> 3"):
+        train(load_config(None, cosine + ["train.epochs=3"]), tmp_path / "cos", resume=True, progress=False)
 
 
 def test_run_dir_errors(tmp_path, monkeypatch):
