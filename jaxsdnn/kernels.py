@@ -151,7 +151,9 @@ def grouped_sampled_dense_dense(dz: jax.Array, x: jax.Array, group_cols: jax.Arr
         group_cols: ``[G, width]`` the shared inputs of each slot (sentinel ``n_in``).
 
     Returns:
-        ``[G * R, width]``, equal to ``sampled_dense_dense(dz, x, index)``.
+        ``[G * R, width]``, equal to ``sampled_dense_dense(dz, x, index)`` when the real rows of
+        every slot share their ``index`` row and padding rows of ``dz`` are zero (both hold for
+        the plan's grouped buckets: padding rows have no readers and a zero activation).
     """
     G, width = group_cols.shape
     rows, batch = dz.shape

@@ -162,14 +162,23 @@ class SparseNetwork:
 
     def input_classes(self, k: int) -> np.ndarray:
         """``[n_k]`` int64 class ids of layer ``k`` (1-based): equal exactly when two neurons read
-        the same set of inputs (RadiX-Net / Graph Challenge layers come in such dense blocks)."""
+        the same set of inputs (RadiX-Net / Graph Challenge layers come in such dense blocks).
+        Neurons without inputs form one class. Memory is O(edges): one table per fan-in."""
         c = self.weights[k - 1].tocsc()
         c.sort_indices()
         fan_in = np.diff(c.indptr)
-        table = np.full((c.shape[1], int(fan_in.max(initial=0))), -1, dtype=np.int64)
-        col = np.repeat(np.arange(c.shape[1]), fan_in)
-        table[col, np.arange(col.size) - c.indptr[col]] = c.indices
-        return np.unique(table, axis=0, return_inverse=True)[1].reshape(-1).astype(np.int64)
+        classes = np.empty(c.shape[1], dtype=np.int64)
+        offset = 0
+        for f in np.unique(fan_in):
+            cols = np.flatnonzero(fan_in == f)
+            if f == 0:
+                ids = np.zeros(cols.size, dtype=np.int64)
+            else:
+                table = c.indices[(c.indptr[cols][:, None] + np.arange(f)).ravel()].reshape(cols.size, f)
+                ids = np.unique(table, axis=0, return_inverse=True)[1].reshape(-1)
+            classes[cols] = offset + ids
+            offset += int(ids.max()) + 1
+        return classes
 
     def fingerprint(self) -> str:
         """SHA-256 of the structure (sizes and edge positions, not values).

@@ -268,27 +268,29 @@ def _local_layout(owner: np.ndarray, bucket: np.ndarray, num_parts: int, num_buc
                   group: np.ndarray | None = None, piece_rows: np.ndarray | None = None):
     """Rows per (device, bucket), padded to the largest device; returns ids, pos, rows_b, offsets.
 
-    With ``group`` (a group id per neuron) and ``piece_rows`` (per bucket, 0 or ``R``), the rows
-    of a bucket with ``R > 0`` are laid out as ``[G, R]``: the neurons of one group on one device
-    (a *piece*) fill consecutive rows of one ``R``-row slot, padded inside the slot.
+    With ``group`` (an input class per neuron) and ``piece_rows`` (per bucket, 0 or ``R``), a
+    bucket with ``R > 0`` is laid out as slots of ``R`` rows: the neurons of one class on one
+    device (a *piece*) fill consecutive rows of a slot, padded inside it; a piece longer than ``R``
+    takes several slots. Other buckets hold their rows by neuron id.
     """
     n = owner.size
     group = np.zeros(n, dtype=np.int64) if group is None else group
     piece_rows = np.zeros(num_buckets, dtype=np.int64) if piece_rows is None else piece_rows
     group = np.where(piece_rows[bucket] > 0, group, 0)  # ungrouped buckets: rows by id
-    order = np.lexsort((np.arange(n), group, bucket, owner))  # by device, bucket, group, id
+    order = np.lexsort((np.arange(n), group, bucket, owner))  # by device, bucket, class, id
     o_dev, o_b, o_g = owner[order], bucket[order], group[order]
     key = o_dev * num_buckets + o_b
-    rank = np.arange(n) - np.searchsorted(key, key, side="left")  # rank within (device, bucket)
+    key_start = np.searchsorted(key, key, side="left")
+    rank = np.arange(n) - key_start  # rank within (device, bucket)
     R = piece_rows[o_b]
-    grouped = R > 0
-    if grouped.any():
-        first = np.ones(n, dtype=bool)  # first neuron of its (device, bucket, group) piece
+    if (R > 0).any():
+        first = np.ones(n, dtype=bool)  # first neuron of its (device, bucket, class) piece
         first[1:] = (key[1:] != key[:-1]) | (o_g[1:] != o_g[:-1])
-        piece_start = np.maximum.accumulate(np.where(first, np.arange(n), 0))
-        piece_slot = np.cumsum(first) - 1
-        piece_slot = piece_slot - piece_slot[np.searchsorted(key, key, side="left")]
-        rank = np.where(grouped, piece_slot * R + (np.arange(n) - piece_start), rank)
+        in_piece = np.arange(n) - np.maximum.accumulate(np.where(first, np.arange(n), 0))
+        height = np.maximum(R, 1)
+        slot = np.cumsum(first | (in_piece % height == 0)) - 1
+        slot = slot - slot[key_start]  # slot within (device, bucket)
+        rank = np.where(R > 0, slot * R + in_piece % height, rank)
     counts = np.zeros((num_parts, num_buckets), dtype=np.int64)
     np.maximum.at(counts, (o_dev, o_b), rank + 1)
     rows_b = counts.max(axis=0)
@@ -301,35 +303,30 @@ def _local_layout(owner: np.ndarray, bucket: np.ndarray, num_parts: int, num_buc
     return ids, pos, rows_b, offsets
 
 
-def _piece_rows(owner: np.ndarray, bucket: np.ndarray, group: np.ndarray, num_parts: int, num_buckets: int,
-                max_waste: float = 1.25) -> np.ndarray:
+def _piece_rows(owner: np.ndarray, bucket: np.ndarray, group: np.ndarray, has_inputs: np.ndarray,
+                num_parts: int, num_buckets: int, max_waste: float = 1.25) -> np.ndarray:
     """Per bucket, the slot height ``R`` of its grouped layout, or 0 where grouping does not pay.
 
-    A bucket is grouped when its neurons come in pieces (same group, same device) of at least two
-    and padding every piece to the largest, ``R``, costs at most ``max_waste`` times its rows.
+    ``R`` is the largest piece (one input class on one device) among neurons with inputs; a
+    bucket is grouped when ``R >= 2`` and its slots (a piece longer than ``R``, such as the
+    neurons without inputs, takes several) cost at most ``max_waste`` times its rows.
     """
     R = np.zeros(num_buckets, dtype=np.int64)
     ng = int(group.max(initial=-1)) + 1
     for b in range(num_buckets):
         sel = bucket == b
-        if not sel.any():
+        real = sel & has_inputs
+        if not real.any():
+            continue
+        r = int(np.unique(owner[real] * ng + group[real], return_counts=True)[1].max())
+        if r < 2:
             continue
         pieces, size = np.unique(owner[sel] * ng + group[sel], return_counts=True)
-        per_device = np.bincount(pieces // ng, minlength=num_parts)
+        slots = np.bincount(pieces // ng, weights=-(-size // r), minlength=num_parts)
         rows = np.bincount(owner[sel], minlength=num_parts).max()
-        r = int(size.max())
-        if r >= 2 and per_device.max() * r <= max_waste * rows:
+        if slots.max() * r <= max_waste * rows:
             R[b] = r
     return R
-
-
-def _padded_rows(group: np.ndarray, values: np.ndarray, num_groups: int, width: int, fill: int) -> np.ndarray:
-    """Scatter ``values`` (sorted by ``group``) into a ``[num_groups, width]`` table padded with ``fill``."""
-    table = np.full((num_groups, width), fill, dtype=np.int64)
-    if group.size:
-        start = np.searchsorted(group, group, side="left")
-        table[group, np.arange(group.size) - start] = values
-    return table
 
 
 def _transposed_tables(owner_rows, ext_of_edge, row_of_edge, wpos_of_edge, n_ext, n_rows, n_wflat, num_parts):
@@ -467,7 +464,7 @@ def build_plan(network: SparseNetwork, partition, max_buckets: int = 6) -> Plan:
         widths = choose_bucket_widths(fan_in, max_buckets=max_buckets)
         bucket = np.searchsorted(widths, fan_in, side="left")
         group = network.input_classes(k)
-        piece_rows = np.where(widths > 0, _piece_rows(parts[k], bucket, group, P, widths.size), 0)
+        piece_rows = np.where(widths > 0, _piece_rows(parts[k], bucket, group, fan_in > 0, P, widths.size), 0)
         ids, pos, rows_b, offsets = _local_layout(parts[k], bucket, P, widths.size, group, piece_rows)
         n_rows = int(offsets[-1])
 

@@ -16,8 +16,9 @@ Reproducibility: the batches of epoch ``e`` are a permutation drawn from ``(trai
 checkpoint holds the exact float32 weights, optimizer state, step, epoch and position in the
 epoch. A run resumed from a checkpoint therefore produces the same losses as an uninterrupted one
 (same devices and mesh; a different data-parallel size reorders float sums). ``resume=True`` needs a
-checkpoint, refuses a configuration whose ``data`` / ``network`` / optimizer / batch / seed differ
-from the saved one, keeps the checkpoint's partition, and drops ``metrics.jsonl`` lines written after
+checkpoint, refuses a configuration whose ``data`` / ``network`` / optimizer / batch / seed /
+partition method, epsilon and seed (and, with a cosine schedule, epochs and warm-up) differ from the
+saved one, keeps the checkpoint's partition, and drops ``metrics.jsonl`` lines written after
 that checkpoint. Without ``resume`` a run directory holding checkpoints is refused.
 
 Multi-host: every process runs the same steps; only process 0 writes files.
@@ -240,8 +241,8 @@ def _check_resume_config(saved_path: Path, config: Config) -> None:
         saved = _flat(yaml.safe_load(f) or {})
     now = _flat(config_to_dict(config))
     diff = [k for k in now if k.startswith(_FIXED_ON_RESUME) and k in saved and saved[k] != now[k]]
-    if now.get("train.schedule") == "cosine" and saved.get("train.epochs", now["train.epochs"]) != now["train.epochs"]:
-        diff.append("train.epochs")  # the cosine schedule decays over all steps: its length would change
+    if now.get("train.schedule") == "cosine":  # it decays over all steps after the warm-up
+        diff += [k for k in ("train.epochs", "train.warmup_steps") if saved.get(k, now[k]) != now[k]]
     if diff:
         details = ", ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in diff)
         raise ValueError(f"{saved_path}: cannot resume with a different {details}")

@@ -19,12 +19,6 @@ def seconds(fn) -> float:
     return time.perf_counter() - t0
 
 
-def median_time(fn, repeats: int) -> float:
-    """Median of ``repeats`` calls after one warm-up call."""
-    jax.block_until_ready(fn())
-    return float(np.median([seconds(fn) for _ in range(max(1, repeats))]))
-
-
 def train_vs_forward(net, images, part, model: int, batch: int, repeats: int) -> tuple[float, float, float, float]:
     """One SGD training step against the forward pass, on ``model`` devices (``part=None``: one).
 

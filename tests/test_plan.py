@@ -129,25 +129,28 @@ def test_plan_rejects_bad_partitions():
         build_plan(net, [np.zeros(10, int), np.zeros(6, int)])
 
 
-def _kron_network(seed=0, group=4):
-    """Layers kron(ones(group, group), M): outputs come in groups reading identical inputs."""
+def _kron_network(seed=0, group=4, dead=0):
+    """Layers kron(ones(group, group), M): outputs come in groups reading identical inputs; with
+    ``dead``, that many extra outputs per layer read nothing."""
     rng = np.random.default_rng(seed)
     mats = []
     for n_in, n_out in [(6, 5), (5, 7)]:
         m = (rng.random((n_in, n_out)) < 0.4).astype(float)
         m[rng.integers(0, n_in, n_out), np.arange(n_out)] = 1
-        pattern = sp.coo_array(np.kron(np.ones((group, group)), m))
+        dense = np.kron(np.ones((group, group)), m)
+        dense = np.pad(dense, ((0, mats[-1].shape[1] - dense.shape[0] if mats else 0), (0, dead)))
+        pattern = sp.coo_array(dense)
         mats.append(sp.csr_array((rng.standard_normal(pattern.nnz), (pattern.row, pattern.col)), shape=pattern.shape))
     return SparseNetwork.from_scipy(mats, 0.0)
 
 
-@pytest.mark.parametrize("split", [False, True])
-def test_grouped_buckets_are_slots_of_rows_with_identical_inputs(split):
+@pytest.mark.parametrize("split,dead", [(False, 0), (True, 0), (False, 9)])
+def test_grouped_buckets_are_slots_of_rows_with_identical_inputs(split, dead):
     import jax.numpy as jnp
 
     from jaxsdnn import kernels
 
-    net = _kron_network()
+    net = _kron_network(dead=dead)  # 9 neurons without inputs: one class, longer than a slot
     P = 2
     parts = [np.arange(n) % P for n in net.sizes]
     if split:  # break some groups: neuron 0 of layer 1 (group of 0, 5, 10, 15) moves to device 1
@@ -192,3 +195,13 @@ def test_unstructured_layers_are_not_grouped():
     net = random_network([40, 30, 20], density=0.2, seed=3)
     plan = build_plan(net, random_parts(net, 2, seed=0))
     assert all(gc.shape[1] == 0 for t in plan.tables for gc in t.group_cols)
+
+
+def test_input_classes_mixed_fan_in_and_empty_columns():
+    # outputs: 0 and 2 read {0, 1}; 1 reads {0}; 3 reads nothing; 4 reads {0, 1, 2}; 5 reads {0}
+    edges = [(0, 0), (1, 0), (0, 2), (1, 2), (0, 1), (0, 4), (1, 4), (2, 4), (0, 5)]
+    r, c = zip(*edges)
+    net = SparseNetwork.from_scipy([sp.coo_array((np.ones(len(r)), (r, c)), shape=(3, 6))], 0.0)
+    cls = net.input_classes(1)
+    assert cls[0] == cls[2] and cls[1] == cls[5]
+    assert len({cls[0], cls[1], cls[3], cls[4]}) == 4
