@@ -28,7 +28,7 @@ RadiX-Nets) and chosen:
   how well each layer's groups line up with the next layer's (random) grouping;
 * when every device holds one whole input class per layer (P = 64 there), the layers'
   matchings are independent linear assignment problems (:func:`unit_chains`): exact, and
-  within 0.6 % of that class's lower bound (0.0712 x random); re-solving windows of two
+  within 0.5 % of that class's lower bound (0.0712 x random); re-solving windows of two
   consecutive layers jointly with KaHyPar (per-layer balance repaired afterwards) gained
   0.02 % at P = 8.
 """
@@ -440,7 +440,7 @@ def unit_chains(network: SparseNetwork, weights: list, num_parts: int):
     realised by relabelling devices), so each is a linear assignment problem, solved exactly.
     Among partitions in which no device mixes two input classes in a layer, this is optimal
     for every layer whose previous layer's classes have exactly ``u`` neurons (measured on
-    the 1024 x 120 Graph Challenge network at P = 64: 0.0716x random, within 0.6 % of that
+    the 1024 x 120 Graph Challenge network at P = 64: 0.0715x random, within 0.5 % of that
     class's lower bound 0.0712x, against 0.0718x for the sweep). Layer 0 is then solved
     against layer 1 by the caller.
 
@@ -501,8 +501,8 @@ def partition_network(
     solved against it, replaces the sweep's if its volume is lower.
 
     Measured on the 1024 x 120 Graph Challenge network (2 shared cores, ``kahypar``): 0.126 x
-    the random partition's volume at P = 8 (16 to 23 s), 0.077 x at P = 16 (34 s), 0.0716 x
-    at P = 64 (52 s; unit chains, against 0.0718 x for the sweep), every layer within 3 %.
+    the random partition's volume at P = 8 (16 to 23 s), 0.077 x at P = 16 (28 to 34 s), 0.0715 x
+    at P = 64 (52 to 58 s; unit chains, against 0.0718 x for the sweep), every layer within 3 %.
 
     Args:
         network: the network; only its structure is read.
