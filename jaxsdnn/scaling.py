@@ -18,7 +18,7 @@ receives before layer ``k`` (row / column sums of :func:`jaxsdnn.metrics.communi
 every device, see :func:`jaxsdnn.plan.schedule_rounds`), or, where no plan was built, the number
 of partners of ``p``, ``max(out-degree, in-degree)`` in the communication graph. The largest such
 degree is also the fewest rounds any schedule can have (a bipartite graph's edges can be coloured
-with as many colours as its largest degree, König), so it is a lower bound of the plan's rounds.
+with as many colours as its largest degree, König), the plan schedules exactly that many.
 A device sends and receives at the same time on one link of ``bandwidth`` bytes/s each way.
 
 The single-device time is the same formula with ``P = 1`` (no exchange); the speed-up at ``P``
@@ -133,9 +133,9 @@ def layer_costs(network: SparseNetwork, partition, rounds="partners") -> LayerCo
         partition: a :class:`jaxsdnn.partition.Partition` made for ``network``.
         rounds: how message start-ups are counted: ``"partners"``, each device's partners
             (:func:`partner_counts`); ``"plan"``, the ``ppermute`` rounds that
-            :func:`jaxsdnn.plan.build_plan` schedules (the same greedy
+            :func:`jaxsdnn.plan.build_plan` schedules (the same
             :func:`~jaxsdnn.plan.schedule_rounds` on the same matrix, without the index tables;
-            a Python loop, seconds per layer at ``P = 1024``); or ``[L]`` given counts.
+            under a second per layer at ``P = 1024``); or ``[L]`` given counts.
 
     Returns:
         the :class:`LayerCosts`.

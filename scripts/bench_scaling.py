@@ -176,7 +176,7 @@ def main() -> None:
         "speed-up = sum_k time_k(1) / sum_k time_k(P). Loads, send/recv volumes (communication matrices) and",
         f"rounds are measured on computed partitions; rounds = {'the ppermute rounds the plan schedules (`plan.schedule_rounds`, as `build_plan` does)' if args.rounds == 'plan' else 'each device partner count (max of out- and in-degree)'};",
         "partners/layer: the largest partner count of a device (mean over layers), the fewest rounds any schedule",
-        "could have (König); the greedy plan scheduler may use more.",
+        "could have (König), which the plan scheduler reaches.",
         "",
         "Assumed machine (not measured; override with flags): "
         f"R = {machine.compute_rate:.3g} edges/s per device, lat = {machine.latency * 1e6:.3g} us per round, "

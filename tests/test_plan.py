@@ -205,3 +205,18 @@ def test_input_classes_mixed_fan_in_and_empty_columns():
     cls = net.input_classes(1)
     assert cls[0] == cls[2] and cls[1] == cls[5]
     assert len({cls[0], cls[1], cls[3], cls[4]}) == 4
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_rounds_are_as_few_as_the_busiest_device_allows(seed):
+    # Koenig: a bipartite graph's edges colour with max-degree colours; no schedule needs fewer
+    rng = np.random.default_rng(seed)
+    P = int(rng.integers(2, 12))
+    vol = rng.integers(1, 50, (P, P)) * (rng.random((P, P)) < rng.uniform(0.2, 0.9))
+    np.fill_diagonal(vol, 0)
+    rounds = schedule_rounds(vol)
+    nz = vol > 0
+    assert len(rounds) == max(nz.sum(axis=0).max(), nz.sum(axis=1).max())
+    assert sorted(pq for pairs in rounds for pq in pairs) == sorted(zip(*map(lambda a: a.tolist(), np.nonzero(nz))))
+    for pairs in rounds:
+        assert len({p for p, _ in pairs}) == len(pairs) == len({q for _, q in pairs})
