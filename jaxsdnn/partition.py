@@ -43,7 +43,6 @@ import zipfile
 import zlib
 
 import numpy as np
-import scipy.sparse as sp
 
 from jaxsdnn import _kahypar
 from jaxsdnn._atomic import atomic_write
@@ -429,6 +428,20 @@ def _split_units(network: SparseNetwork, groups: list, k: int, size: int) -> np.
     return units
 
 
+def read_counts(weight, prev_ids: np.ndarray, cur_ids: np.ndarray) -> np.ndarray:
+    """``[prev_ids.max() + 1, cur_ids.max() + 1]``: how many distinct layer ``k - 1`` neurons with
+    each id in ``prev_ids`` are read by some layer ``k`` neuron with each id in ``cur_ids``.
+
+    ``weight`` is layer ``k``'s CSR ``[n_{k-1}, n_k]``; ids are classes, units or devices.
+    """
+    src = np.repeat(np.arange(weight.shape[0], dtype=np.int64), np.diff(weight.indptr))
+    m = int(cur_ids.max()) + 1
+    pairs = np.unique(src * m + cur_ids[weight.indices])  # distinct (neuron, reading id)
+    counts = np.zeros((int(prev_ids.max()) + 1, m), dtype=np.int64)
+    np.add.at(counts, (prev_ids[pairs // m], pairs % m), 1)
+    return counts
+
+
 def unit_chains(network: SparseNetwork, weights: list, num_parts: int):
     """One unit of identical-input neurons per device and layer, consecutive layers matched optimally.
 
@@ -453,20 +466,18 @@ def unit_chains(network: SparseNetwork, weights: list, num_parts: int):
     sizes = network.sizes[1:]
     if P < 2 or L < 1 or len(set(sizes)) != 1 or sizes[0] % P:
         return None
-    n, u = sizes[0], sizes[0] // P
+    u = sizes[0] // P
     if any(w.size and w.min() != w.max() for w in weights[1:]):
         return None
-    groups = [None] + [network.input_classes(k) for k in range(1, L + 1)]
-    if any(np.any(np.bincount(g) % u) for g in groups[1:]):
-        return None
+    groups = [None]
+    for k in range(1, L + 1):  # stop at the first layer whose classes do not cut into units
+        groups.append(network.input_classes(k))
+        if np.any(np.bincount(groups[k]) % u):
+            return None
     units = [None] + [_split_units(network, groups, k, u) for k in range(1, L + 1)]
     parts: list = [None, units[1].copy()]
     for k in range(2, L + 1):
-        w = network.weights[k - 1]
-        src = np.repeat(np.arange(n, dtype=np.int64), np.diff(w.indptr))
-        pairs = np.unique(src * P + units[k][w.indices])  # distinct (neuron, reading unit)
-        local = np.zeros((P, P), np.int64)
-        np.add.at(local, (units[k - 1][pairs // P], pairs % P), 1)
+        local = read_counts(network.weights[k - 1], units[k - 1], units[k])  # [P, P]
         rows, cols = linear_sum_assignment(local, maximize=True)
         device_of_prev = np.empty(P, np.int64)
         device_of_prev[units[k - 1]] = parts[k - 1]

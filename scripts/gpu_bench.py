@@ -72,7 +72,6 @@ from jaxsdnn import plan as plan_lib  # noqa: E402
 from jaxsdnn import reference  # noqa: E402
 from jaxsdnn.reference import categories as categories_of  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _timing import train_vs_forward  # noqa: E402  (scripts/_timing.py)
 
 

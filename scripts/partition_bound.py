@@ -48,12 +48,8 @@ def class_preserving_bound(net, num_parts: int) -> int:
         if k == 1:
             total += int(np.sum(np.maximum(spread - 1, 0)))
             continue
-        src = np.repeat(np.arange(w.shape[0]), readers)
         cls, prev = classes[k], classes[k - 1]
-        pairs = np.unique(src * (cls.max() + 1) + cls[w.indices])  # (neuron, reading class)
-        x, g = pairs // (cls.max() + 1), pairs % (cls.max() + 1)
-        N = np.zeros((prev.max() + 1, cls.max() + 1), dtype=np.int64)
-        np.add.at(N, (prev[x], g), 1)
+        N = partition.read_counts(w, prev, cls)  # neurons of class h read by class G
         rows = np.repeat(np.arange(N.shape[0]), np.bincount(prev) // u)
         cols = np.repeat(np.arange(N.shape[1]), np.bincount(cls) // u)
         local = np.minimum(N[rows][:, cols], u)
