@@ -4,6 +4,8 @@ The pipeline, one module per stage::
 
     network -> io -> hypergraph -> partition -> plan -> sharded / kernels -> train
 
+with ``bounds`` beside ``partition``: how low any layer-balanced partition's volume can go.
+
 The generator and the training loop live in their modules (``jaxsdnn.radixnet.radixnet``,
 ``jaxsdnn.train.train``): re-exporting a function under its module's name would shadow the module.
 Importing the package sets up no devices: the CLI and scripts do that (simulated CPU devices via
@@ -12,6 +14,7 @@ memory for reuse (see ``jaxsdnn._hostmem``; ``JAXSDNN_KEEP_HOST_MEMORY=0`` turns
 """
 
 from jaxsdnn._hostmem import keep_freed_host_memory
+from jaxsdnn.bounds import device_chain_bound
 from jaxsdnn.checkpoint import load_checkpoint, save_checkpoint
 from jaxsdnn.config import load_config
 from jaxsdnn.data import Dataset, load_dataset
@@ -52,6 +55,7 @@ __all__ = [
     "build_plan",
     "communication_matrix",
     "connectivity_volume",
+    "device_chain_bound",
     "from_masks",
     "load_checkpoint",
     "load_config",

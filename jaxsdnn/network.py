@@ -56,6 +56,26 @@ def _as_bias(bias, n_out: int, k: int) -> np.ndarray:
     return b
 
 
+def _identical_rows(csr) -> np.ndarray:
+    """``[rows]`` int64 ids, equal exactly when two rows of ``csr`` hold the same column set
+    (empty rows share one id). O(nnz) memory: one table per row length."""
+    csr = sp.csr_array(csr)
+    csr.sort_indices()
+    length = np.diff(csr.indptr)
+    ids = np.empty(csr.shape[0], dtype=np.int64)
+    offset = 0
+    for f in np.unique(length):
+        rows = np.flatnonzero(length == f)
+        if f == 0:
+            local = np.zeros(rows.size, dtype=np.int64)
+        else:
+            table = csr.indices[(csr.indptr[rows][:, None] + np.arange(f)).ravel()].reshape(rows.size, f)
+            local = np.unique(table, axis=0, return_inverse=True)[1].reshape(-1)
+        ids[rows] = offset + local
+        offset += int(local.max()) + 1
+    return ids
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class SparseNetwork:
     """A validated sparse DNN (host side: NumPy / scipy only).
@@ -164,21 +184,13 @@ class SparseNetwork:
         """``[n_k]`` int64 class ids of layer ``k`` (1-based): equal exactly when two neurons read
         the same set of inputs (RadiX-Net / Graph Challenge layers come in such dense blocks).
         Neurons without inputs form one class. Memory is O(edges): one table per fan-in."""
-        c = self.weights[k - 1].tocsc()
-        c.sort_indices()
-        fan_in = np.diff(c.indptr)
-        classes = np.empty(c.shape[1], dtype=np.int64)
-        offset = 0
-        for f in np.unique(fan_in):
-            cols = np.flatnonzero(fan_in == f)
-            if f == 0:
-                ids = np.zeros(cols.size, dtype=np.int64)
-            else:
-                table = c.indices[(c.indptr[cols][:, None] + np.arange(f)).ravel()].reshape(cols.size, f)
-                ids = np.unique(table, axis=0, return_inverse=True)[1].reshape(-1)
-            classes[cols] = offset + ids
-            offset += int(ids.max()) + 1
-        return classes
+        return _identical_rows(self.weights[k - 1].T.tocsr())
+
+    def reader_classes(self, k: int) -> np.ndarray:
+        """``[n_{k-1}]`` int64 class ids of layer ``k - 1``: equal exactly when two neurons are read
+        by the same set of layer-``k`` neurons (the mirror of :meth:`input_classes`). Neurons
+        nobody reads form one class."""
+        return _identical_rows(self.weights[k - 1])
 
     def fingerprint(self) -> str:
         """SHA-256 of the structure (sizes and edge positions, not values).

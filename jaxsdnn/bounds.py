@@ -1,0 +1,211 @@
+"""Lower bounds on the communication volume of layer-balanced partitions.
+
+A partitioner's volume means little without knowing how low any partition could go. This module
+gives two bounds, both for partitions that keep every layer ``k >= 1`` within
+``partition.layer_cap(weights, P, epsilon)``; layer 0 (the input features) is left free.
+
+The identity both rest on (:func:`receive_volume`): with ``S_d^k`` the neurons device ``d`` owns
+in layer ``k`` and ``In(T)`` the neurons of layer ``k`` that some neuron of ``T`` (in layer
+``k + 1``) reads, the connectivity-minus-one volume is
+
+    sum over d and k = 0 .. L-1 of |In(S_d^{k+1}) minus S_d^k|,
+
+the entries each device receives: one per input it needs and does not own.
+
+:func:`device_chain_bound` holds for **every** such partition. Neurons of layer ``k`` that read
+the same inputs form a *compute group*; neurons of layer ``k - 1`` read by the same readers form a
+*read group*, and ``In`` of any set is a union of whole read groups. For one device, write
+``a_k = |In(S^k)|``. Its receive count at layer ``k + 1`` is ``a_{k+1} - |S^k cap In(S^{k+1})|``,
+and the overlap is at most ``phi_k(a_k, a_{k+1})``: the most neurons that a set of compute groups
+of layer ``k`` whose inputs total ``<= a_k`` shares with a union of read groups totalling
+``<= a_{k+1}``, capped by how many neurons a device may hold. ``phi`` is bounded from above by a
+knapsack over connected sets of compute groups (each picking its own best read groups), so a
+shortest path over the states ``a_k`` (dynamic programming over layers) bounds one device's
+receives from below, and ``P`` times it bounds the volume. It ignores that devices compete for the
+same groups, so it is loose where many devices fit in one group's reach (small ``P``) and tight
+where each device holds about one group (large ``P``). States above ``max_inputs`` are lumped,
+with the trivial overlap bound, so the result stays a valid bound for any ``max_inputs``.
+
+:func:`class_preserving_bound` is tighter but narrower: it holds for partitions in which no device
+mixes two input classes within a layer, for networks whose classes divide into devices exactly.
+
+    python scripts/partition_bound.py --parts 64
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from jaxsdnn import partition as _partition
+from jaxsdnn.network import SparseNetwork
+
+__all__ = ["class_preserving_bound", "device_chain_bound", "receive_volume"]
+
+# Connected sets of compute groups enumerated per layer before device_chain_bound gives up on a
+# max_inputs (it then asks for a smaller one).
+_SUPPORT_LIMIT = 200_000
+
+
+def receive_volume(network: SparseNetwork, parts: Sequence[np.ndarray]) -> int:
+    """``sum_d sum_k |In(S_d^{k+1}) - S_d^k|``: the entries devices receive per sample.
+
+    Equals ``hypergraph.connectivity_volume(network, parts)[0]`` for every partition; kept as a
+    separate, direct count because the bounds here are derived from this form.
+    """
+    total = 0
+    num_parts = int(max(int(p.max()) for p in parts if p.size)) + 1
+    for k in range(network.num_layers):
+        w = network.weights[k]  # [n_k, n_{k+1}]: row x lists the neurons reading x
+        src = np.repeat(np.arange(w.shape[0], dtype=np.int64), np.diff(w.indptr))
+        needed = np.unique(src * num_parts + parts[k + 1][w.indices])  # (x, device reading x)
+        total += int(np.count_nonzero(parts[k][needed // num_parts] != needed % num_parts))
+    return total
+
+
+def _group_inputs(network: SparseNetwork, k: int) -> tuple[np.ndarray, list, np.ndarray]:
+    """Layer ``k``'s compute groups, each one's inputs as read-group ids of layer ``k - 1``, and
+    the read-group sizes."""
+    w = network.weights[k - 1].tocsc()
+    groups = network.input_classes(k)
+    read = network.reader_classes(k)
+    first = np.unique(groups, return_index=True)[1]
+    inputs = [np.unique(read[w.indices[w.indptr[j] : w.indptr[j + 1]]]) for j in first]
+    return groups, inputs, np.bincount(read)
+
+
+def _connected_supports(inputs: list, read_sizes: np.ndarray, limit: int) -> list:
+    """Connected sets of compute groups (linked by a shared read group) whose inputs total at most
+    ``limit`` neurons, as ``(input total, frozenset of groups)``."""
+    holders: dict[int, list[int]] = {}
+    for g, reads in enumerate(inputs):
+        for h in reads.tolist():
+            holders.setdefault(h, []).append(g)
+    sets = [frozenset(r.tolist()) for r in inputs]
+    size = lambda reads: int(read_sizes[list(reads)].sum()) if reads else 0  # noqa: E731
+    seen: set = set()
+    out = []
+    frontier = [(frozenset([g]), sets[g]) for g in range(len(sets)) if size(sets[g]) <= limit]
+    while frontier:
+        grown = []
+        for support, reads in frontier:
+            if support in seen:
+                continue
+            seen.add(support)
+            out.append((size(reads), support))
+            if len(seen) > _SUPPORT_LIMIT:
+                raise ValueError(
+                    f"more than {_SUPPORT_LIMIT} connected input sets within {limit} inputs; "
+                    "pass a smaller max_inputs"
+                )
+            for g in {g for h in reads for g in holders[h]} - support:
+                bigger = reads | sets[g]
+                if size(bigger) <= limit and (support | {g}) not in seen:
+                    grown.append((support | {g}, bigger))
+        frontier = grown
+    return out
+
+
+def device_chain_bound(
+    network: SparseNetwork, num_parts: int, epsilon: float = 0.03, max_inputs: int | None = None
+) -> int:
+    """A lower bound on the volume of every partition into ``num_parts`` devices that keeps each
+    layer ``1..L`` within its ``epsilon`` cap (module docstring). ``max_inputs`` (default: twice
+    the smallest input set of any compute group) is the largest ``|In(S^k)|`` tracked exactly."""
+    weights = _partition.layer_weights(network)
+    if network.num_layers < 2:
+        return 0
+    most = [None] + [
+        _partition.layer_cap(w, num_parts, epsilon) // max(int(w.min()), 1) if w.size else 0 for w in weights[1:]
+    ]
+    tables = [None] + [_group_inputs(network, k) for k in range(1, network.num_layers + 1)]
+    if max_inputs is None:
+        max_inputs = 2 * max(
+            min((int(sizes[r].sum()) for r in inputs), default=0) for _, inputs, sizes in tables[1:]
+        )
+    best = None  # per state of layer k: fewest receives of one device up to layer k
+    for k in range(1, network.num_layers + 1):
+        groups, inputs, sizes = tables[k]
+        step = max(int(np.gcd.reduce(sizes[sizes > 0])) if np.any(sizes > 0) else 1, 1)
+        states = max_inputs // step  # state s: |In(S^k)| == s * step; state states + 1: larger
+        smallest = min((int(sizes[r].sum()) for r in inputs), default=0)
+        reachable = np.arange(states + 1) * step >= smallest
+        lumped = (states + 1) * step
+        if k == 1:  # layer 0 is free: no bound on what the device holds there
+            cost = np.where(reachable, 0.0, np.inf)
+            best = (cost, 0.0, step, states)
+            continue
+        prev_groups, prev_inputs, prev_sizes = tables[k - 1]
+        prev_cost, prev_lumped, prev_step, prev_states = best
+        read = network.reader_classes(k)  # layer k-1 neurons by readers in layer k
+        read_sizes = np.bincount(read)
+        overlap = np.zeros((int(prev_groups.max()) + 1, int(read.max()) + 1), np.int64)
+        np.add.at(overlap, (prev_groups, read), 1)
+        has_readers = np.zeros(read_sizes.size, bool)
+        has_readers[read[np.diff(network.weights[k - 1].indptr) > 0]] = True
+        # value[s, c]: most neurons one connected support with inputs s * prev_step shares with
+        # read groups totalling <= c * step (0/1 knapsack over read groups)
+        value = np.zeros((prev_states + 1, states + 1), np.int64)
+        for total, support in _connected_supports(prev_inputs, prev_sizes, prev_states * prev_step):
+            ov = overlap[list(support)].sum(0)
+            fill = np.zeros(states + 1, np.int64)
+            for h in np.flatnonzero((ov > 0) & has_readers):
+                wt = int(read_sizes[h]) // step
+                if wt <= states:
+                    fill[wt:] = np.maximum(fill[wt:], fill[: states + 1 - wt] + ov[h])
+            value[total // prev_step] = np.maximum(value[total // prev_step], fill)
+        # phi[a, c]: supports are unions of disjoint connected ones: unbounded knapsack over inputs
+        phi = np.zeros_like(value)
+        phi[0] = value[0]
+        for a in range(1, prev_states + 1):
+            phi[a] = np.maximum(phi[a - 1], value[a])
+            for s in range(1, a + 1):
+                phi[a] = np.maximum(phi[a], phi[a - s] + value[s])
+        cap = most[k - 1]
+        sizes_now = np.arange(states + 1) * step
+        phi = np.minimum(np.minimum(phi, cap), sizes_now[None, :])  # never more than S^k or Y holds
+        # cost[a -> w] = w - phi[a, w]; from the lumped state the overlap is only capped
+        via_states = (prev_cost[:, None] + (sizes_now[None, :] - phi)).min(0)
+        via_lumped = prev_lumped + sizes_now - np.minimum(cap, sizes_now)
+        cost = np.where(reachable, np.minimum(via_states, via_lumped), np.inf)
+        into_lumped = min(prev_cost.min(), prev_lumped) + lumped - min(cap, lumped)
+        best = (cost, into_lumped, step, states)
+    return int(num_parts * min(best[0].min(), best[1]))
+
+
+def class_preserving_bound(network: SparseNetwork, num_parts: int) -> int:
+    """A lower bound on the volume of exactly balanced partitions in which no device mixes two
+    input classes within a layer.
+
+    Applies where every layer ``1..L`` has ``n`` neurons of equal load and ``u = n / P`` neurons
+    fit one device exactly (``epsilon * u < 1`` forces it) and every class is a multiple of
+    ``u``. A neuron ``x`` of layer ``k - 1`` read by ``r(x)`` neurons costs at least
+    ``ceil(r(x) / u) - [its owner holds a reader]``; a device holding a unit of class ``h`` in
+    layer ``k - 1`` and one of class ``G`` in layer ``k`` keeps at most ``min(u, N[h, G])`` local,
+    so the local ones sum to at most the best assignment of units to units. Summing the per-layer
+    bounds relaxes the consistency between layers, so the total is a valid bound.
+    """
+    sizes = network.sizes[1:]
+    if len(set(sizes)) != 1 or sizes[0] % num_parts:
+        raise ValueError(f"the bound needs equal layer sizes divisible by {num_parts} parts, got {sizes[:4]}...")
+    u = sizes[0] // num_parts
+    classes = [None] + [network.input_classes(k) for k in range(1, network.num_layers + 1)]
+    if any(np.any(np.bincount(c) % u) for c in classes[1:]):
+        raise ValueError(f"some input class is not a multiple of {u} neurons: no class-preserving balanced partition")
+    total = 0
+    for k in range(1, network.num_layers + 1):
+        w = network.weights[k - 1]
+        spread = -(-np.diff(w.indptr) // u)  # devices the readers of each neuron span at least
+        if k == 1:
+            total += int(np.sum(np.maximum(spread - 1, 0)))
+            continue
+        cls, prev = classes[k], classes[k - 1]
+        counts = _partition.read_counts(w, prev, cls)
+        rows = np.repeat(np.arange(counts.shape[0]), np.bincount(prev) // u)
+        cols = np.repeat(np.arange(counts.shape[1]), np.bincount(cls) // u)
+        local = np.minimum(counts[rows][:, cols], u)
+        r, c = linear_sum_assignment(local, maximize=True)
+        total += int(spread.sum() - local[r, c].sum())
+    return total

@@ -1,0 +1,117 @@
+"""Volume lower bounds: the identity they rest on, and never above a true optimum."""
+
+import itertools
+import os
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from conftest import GC_DIR, random_network, random_parts
+
+from jaxsdnn import bounds
+from jaxsdnn import partition as partition_mod
+from jaxsdnn.hypergraph import connectivity_volume
+from jaxsdnn.network import SparseNetwork
+
+
+@pytest.mark.parametrize("num_parts", [1, 2, 3, 5])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_receive_volume_is_the_connectivity_volume(num_parts, seed):
+    net = random_network([7, 11, 5, 9], density=0.3, seed=seed)
+    parts = random_parts(net, num_parts, seed=seed)
+    assert bounds.receive_volume(net, parts) == connectivity_volume(net, parts)[0]
+
+
+def _assignments(weights: np.ndarray, num_parts: int, cap: int | None) -> np.ndarray:
+    """Every owner vector of one layer whose device loads stay within ``cap`` (None: any)."""
+    every = np.array(list(itertools.product(range(num_parts), repeat=weights.size)), dtype=np.int64)
+    if cap is None:
+        return every
+    loads = np.stack([(every == d) @ weights for d in range(num_parts)], axis=1)
+    return every[(loads <= cap).all(axis=1)]
+
+
+def _reader_masks(w, owners: np.ndarray) -> np.ndarray:
+    """``[assignments, n_k]`` bit masks of the devices reading each neuron of layer ``k``."""
+    masks = np.zeros((len(owners), w.shape[0]), dtype=np.int64)
+    for x in range(w.shape[0]):
+        for r in w.indices[w.indptr[x] : w.indptr[x + 1]]:
+            masks[:, x] |= 1 << owners[:, r]
+    return masks
+
+
+def _exact_min_volume(net: SparseNetwork, num_parts: int, epsilon: float) -> int:
+    """Brute force: the fewest entries sent by any partition within the caps (layer 0 free),
+    by dynamic programming over layers on every feasible owner vector of layers 1..L."""
+    weights = partition_mod.layer_weights(net)
+    layers = [None] + [
+        _assignments(w, num_parts, partition_mod.layer_cap(w, num_parts, epsilon)) for w in weights[1:]
+    ]
+    # layer 0 is free, so each input is best owned by one of its readers' devices
+    masks = _reader_masks(net.weights[0].tocsr(), layers[1])
+    spans = sum(((masks >> d) & 1) for d in range(num_parts))
+    best = np.maximum(spans - 1, 0).sum(axis=1)
+    for k in range(1, net.num_layers):
+        masks = _reader_masks(net.weights[k].tocsr(), layers[k + 1])  # [next, n_k]
+        remote = masks[None, :, :] & ~(1 << layers[k])[:, None, :]  # [prev, next, n_k]
+        cost = sum(((remote >> d) & 1).sum(axis=2) for d in range(num_parts))
+        best = (best[:, None] + cost).min(axis=0)
+    return int(best.min())
+
+
+def _kron_layer(groups: int, copies: int, shift: int) -> sp.csr_array:
+    """``copies`` neurons per group; group ``g`` reads every copy of groups ``g`` and ``g + shift``."""
+    base = np.zeros((groups, groups))
+    for g in range(groups):
+        base[g, g] = base[(g + shift) % groups, g] = 1.0
+    return sp.csr_array(np.kron(np.ones((copies, copies)), base))
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        ("random", [4, 6, 6, 6], 3, 0.03),
+        ("random", [5, 4, 6, 4], 2, 0.25),
+        ("kron", 4, 2, 0.03),
+        ("kron", 4, 4, 0.03),
+        ("scrambled", 4, 4, 0.03),
+    ],
+)
+def test_device_chain_bound_never_exceeds_the_optimum(case):
+    if case[0] == "random":
+        _, sizes, num_parts, epsilon = case
+        net = random_network(sizes, density=0.4, seed=sum(sizes))
+    else:
+        _, groups, num_parts, epsilon = case
+        mats = [_kron_layer(groups, 2, s) for s in (1, 2, 1)]
+        if case[0] == "scrambled":  # layer 2's read groups no longer match its compute groups
+            mats[2] = mats[2][np.random.default_rng(0).permutation(mats[2].shape[0])]
+        net = SparseNetwork.from_scipy(mats, [np.zeros(m.shape[1]) for m in mats])
+    exact = _exact_min_volume(net, num_parts, epsilon)
+    bound = bounds.device_chain_bound(net, num_parts, epsilon)
+    assert 0 <= bound <= exact, (bound, exact)
+    if case[0] != "random" and num_parts == 4:
+        # one device per group pair: every device receives at least one group's copies per layer
+        assert bound > 0
+
+
+def test_device_chain_bound_below_real_partitions_and_tight_at_one_group_per_device():
+    from jaxsdnn.io import read_network
+
+    net = read_network(os.path.join(GC_DIR, "neuron1024"), num_layers=14)
+    num_parts = 64  # 16 neurons per device and layer: one compute group
+    bound = bounds.device_chain_bound(net, num_parts)
+    volumes = {
+        method: connectivity_volume(net, partition_mod.partition_network(net, num_parts, method, seed=0).parts)[0]
+        for method in ("block", "random", "kahypar")
+    }
+    assert all(bound <= v for v in volumes.values()), (bound, volumes)
+    assert bound >= 0.75 * volumes["kahypar"], (bound, volumes)
+    # a larger tracked range can only tighten it
+    assert bounds.device_chain_bound(net, num_parts, max_inputs=96) >= bound
+
+
+def test_class_preserving_bound_rejects_networks_it_does_not_cover():
+    net = random_network([4, 6, 5], density=0.5, seed=3)
+    with pytest.raises(ValueError, match="equal layer sizes"):
+        bounds.class_preserving_bound(net, 2)
