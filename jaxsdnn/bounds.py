@@ -46,7 +46,7 @@ __all__ = ["class_preserving_bound", "device_chain_bound", "receive_volume"]
 
 # Connected sets of compute groups enumerated per layer before device_chain_bound gives up on a
 # max_inputs (it then asks for a smaller one).
-_SUPPORT_LIMIT = 200_000
+_SUPPORT_LIMIT = 50_000
 
 
 def receive_volume(network: SparseNetwork, parts: Sequence[np.ndarray]) -> int:
@@ -76,15 +76,16 @@ def _group_inputs(network: SparseNetwork, k: int) -> tuple[np.ndarray, list, np.
     return groups, inputs, np.bincount(read)
 
 
-def _connected_supports(inputs: list, read_sizes: np.ndarray, limit: int) -> list:
+def _connected_supports(inputs: list, read_sizes: np.ndarray, limit: int) -> list | None:
     """Connected sets of compute groups (linked by a shared read group) whose inputs total at most
-    ``limit`` neurons, as ``(input total, frozenset of groups)``."""
+    ``limit`` neurons, as ``(input total, frozenset of groups)``; None past ``_SUPPORT_LIMIT``."""
     holders: dict[int, list[int]] = {}
     for g, reads in enumerate(inputs):
         for h in reads.tolist():
             holders.setdefault(h, []).append(g)
     sets = [frozenset(r.tolist()) for r in inputs]
-    size = lambda reads: int(read_sizes[list(reads)].sum()) if reads else 0  # noqa: E731
+    rs = read_sizes.tolist()
+    size = lambda reads: sum(rs[h] for h in reads)  # noqa: E731
     seen: set = set()
     out = []
     frontier = [(frozenset([g]), sets[g]) for g in range(len(sets)) if size(sets[g]) <= limit]
@@ -95,17 +96,34 @@ def _connected_supports(inputs: list, read_sizes: np.ndarray, limit: int) -> lis
                 continue
             seen.add(support)
             out.append((size(reads), support))
-            if len(seen) > _SUPPORT_LIMIT:
-                raise ValueError(
-                    f"more than {_SUPPORT_LIMIT} connected input sets within {limit} inputs; "
-                    "pass a smaller max_inputs"
-                )
             for g in {g for h in reads for g in holders[h]} - support:
                 bigger = reads | sets[g]
                 if size(bigger) <= limit and (support | {g}) not in seen:
                     grown.append((support | {g}, bigger))
+            if len(seen) + len(grown) > _SUPPORT_LIMIT:
+                return None
         frontier = grown
     return out
+
+
+def _tracked(inputs: list, read_sizes: np.ndarray, max_inputs: int) -> tuple[int, int, list]:
+    """``(step, states, supports)`` of one layer: ``|In(S)|`` is a multiple of ``step`` (the gcd of
+    the read-group sizes) and tracked exactly up to ``states * step <= max_inputs``, halved until
+    the connected supports within that range number at most ``_SUPPORT_LIMIT``."""
+    positive = read_sizes[read_sizes > 0]
+    step = int(np.gcd.reduce(positive)) if positive.size else 1
+    smallest = min((int(read_sizes[r].sum()) for r in inputs), default=0)
+    limit = max(max_inputs, smallest)
+    while True:
+        supports = _connected_supports(inputs, read_sizes, limit)
+        if supports is not None:
+            return step, limit // step, supports
+        if limit <= smallest:
+            raise ValueError(
+                f"more than {_SUPPORT_LIMIT} sets of compute groups read only {limit} inputs; "
+                "this bound does not fit such a layer"
+            )
+        limit = max(limit // 2, smallest)
 
 
 def device_chain_bound(
@@ -113,11 +131,12 @@ def device_chain_bound(
 ) -> int:
     """A lower bound on the volume of every partition into ``num_parts`` devices that keeps each
     layer ``1..L`` within its ``epsilon`` cap (module docstring). ``max_inputs`` (default: twice
-    the smallest input set of any compute group) is the largest ``|In(S^k)|`` tracked exactly."""
-    weights = _partition.layer_weights(network)
+    the smallest input set of any compute group) is the largest ``|In(S^k)|`` tracked exactly; a
+    layer with too many small input sets tracks less, which only loosens the bound."""
     if network.num_layers < 2:
         return 0
-    most = [None] + [
+    weights = _partition.layer_weights(network)
+    most = [None] + [  # the most neurons a device may hold in each layer
         _partition.layer_cap(w, num_parts, epsilon) // max(int(w.min()), 1) if w.size else 0 for w in weights[1:]
     ]
     tables = [None] + [_group_inputs(network, k) for k in range(1, network.num_layers + 1)]
@@ -125,30 +144,31 @@ def device_chain_bound(
         max_inputs = 2 * max(
             min((int(sizes[r].sum()) for r in inputs), default=0) for _, inputs, sizes in tables[1:]
         )
-    best = None  # per state of layer k: fewest receives of one device up to layer k
+    # per state s of layer k (|In(S^k)| == s * step, or above the tracked range: `lumped`), the
+    # fewest entries one device receives up to layer k
+    cost = lumped_cost = None
+    prev = None
     for k in range(1, network.num_layers + 1):
         groups, inputs, sizes = tables[k]
-        step = max(int(np.gcd.reduce(sizes[sizes > 0])) if np.any(sizes > 0) else 1, 1)
-        states = max_inputs // step  # state s: |In(S^k)| == s * step; state states + 1: larger
-        smallest = min((int(sizes[r].sum()) for r in inputs), default=0)
-        reachable = np.arange(states + 1) * step >= smallest
-        lumped = (states + 1) * step
-        if k == 1:  # layer 0 is free: no bound on what the device holds there
-            cost = np.where(reachable, 0.0, np.inf)
-            best = (cost, 0.0, step, states)
+        step, states, supports = _tracked(inputs, sizes, max_inputs)
+        size_of = np.arange(states + 1) * step
+        reachable = size_of >= min((int(sizes[r].sum()) for r in inputs), default=0)
+        above = (states + 1) * step  # the least a lumped state can need
+        if k == 1:  # layer 0 is free: the device may hold any of its inputs there
+            cost, lumped_cost = np.where(reachable, 0.0, np.inf), 0.0
+            prev = (groups, step, states, supports)
             continue
-        prev_groups, prev_inputs, prev_sizes = tables[k - 1]
-        prev_cost, prev_lumped, prev_step, prev_states = best
-        read = network.reader_classes(k)  # layer k-1 neurons by readers in layer k
+        prev_groups, prev_step, prev_states, prev_supports = prev
+        read = network.reader_classes(k)  # layer k-1 neurons by their readers in layer k
         read_sizes = np.bincount(read)
-        overlap = np.zeros((int(prev_groups.max()) + 1, int(read.max()) + 1), np.int64)
-        np.add.at(overlap, (prev_groups, read), 1)
         has_readers = np.zeros(read_sizes.size, bool)
         has_readers[read[np.diff(network.weights[k - 1].indptr) > 0]] = True
+        overlap = np.zeros((int(prev_groups.max()) + 1, int(read.max()) + 1), np.int64)
+        np.add.at(overlap, (prev_groups, read), 1)
         # value[s, c]: most neurons one connected support with inputs s * prev_step shares with
         # read groups totalling <= c * step (0/1 knapsack over read groups)
         value = np.zeros((prev_states + 1, states + 1), np.int64)
-        for total, support in _connected_supports(prev_inputs, prev_sizes, prev_states * prev_step):
+        for total, support in prev_supports:
             ov = overlap[list(support)].sum(0)
             fill = np.zeros(states + 1, np.int64)
             for h in np.flatnonzero((ov > 0) & has_readers):
@@ -156,23 +176,23 @@ def device_chain_bound(
                 if wt <= states:
                     fill[wt:] = np.maximum(fill[wt:], fill[: states + 1 - wt] + ov[h])
             value[total // prev_step] = np.maximum(value[total // prev_step], fill)
-        # phi[a, c]: supports are unions of disjoint connected ones: unbounded knapsack over inputs
+        # phi[a, c]: a support is a union of disjoint connected ones: unbounded knapsack over inputs
         phi = np.zeros_like(value)
         phi[0] = value[0]
         for a in range(1, prev_states + 1):
             phi[a] = np.maximum(phi[a - 1], value[a])
-            for s in range(1, a + 1):
-                phi[a] = np.maximum(phi[a], phi[a - s] + value[s])
+            for s_ in range(1, a + 1):
+                phi[a] = np.maximum(phi[a], phi[a - s_] + value[s_])
         cap = most[k - 1]
-        sizes_now = np.arange(states + 1) * step
-        phi = np.minimum(np.minimum(phi, cap), sizes_now[None, :])  # never more than S^k or Y holds
-        # cost[a -> w] = w - phi[a, w]; from the lumped state the overlap is only capped
-        via_states = (prev_cost[:, None] + (sizes_now[None, :] - phi)).min(0)
-        via_lumped = prev_lumped + sizes_now - np.minimum(cap, sizes_now)
-        cost = np.where(reachable, np.minimum(via_states, via_lumped), np.inf)
-        into_lumped = min(prev_cost.min(), prev_lumped) + lumped - min(cap, lumped)
-        best = (cost, into_lumped, step, states)
-    return int(num_parts * min(best[0].min(), best[1]))
+        phi = np.minimum(np.minimum(phi, cap), size_of[None, :])  # never more than S^k or Y holds
+        # receives at layer k from state a to state w: w - phi[a, w]; from the lumped state the
+        # overlap is only capped
+        via_states = (cost[:, None] + (size_of[None, :] - phi)).min(0)
+        via_lumped = lumped_cost + size_of - np.minimum(cap, size_of)
+        new_lumped = min(cost.min(), lumped_cost) + above - min(cap, above)
+        cost, lumped_cost = np.where(reachable, np.minimum(via_states, via_lumped), np.inf), new_lumped
+        prev = (groups, step, states, supports)
+    return int(num_parts * min(cost.min(), lumped_cost))
 
 
 def class_preserving_bound(network: SparseNetwork, num_parts: int) -> int:

@@ -115,3 +115,11 @@ def test_class_preserving_bound_rejects_networks_it_does_not_cover():
     net = random_network([4, 6, 5], density=0.5, seed=3)
     with pytest.raises(ValueError, match="equal layer sizes"):
         bounds.class_preserving_bound(net, 2)
+
+
+def test_device_chain_bound_tracks_less_when_a_layer_has_too_many_input_sets(monkeypatch):
+    net = random_network([5, 6, 6, 6], density=0.5, seed=11)
+    full = bounds.device_chain_bound(net, 3, 0.03, max_inputs=12)
+    monkeypatch.setattr(bounds, "_SUPPORT_LIMIT", 4)  # forces every layer to halve its range
+    reduced = bounds.device_chain_bound(net, 3, 0.03, max_inputs=12)
+    assert 0 <= reduced <= full <= _exact_min_volume(net, 3, 0.03)
