@@ -2,7 +2,9 @@
 
 A partitioner's volume means little without knowing how low any partition could go. This module
 gives two bounds, both for partitions that keep every layer ``k >= 1`` within
-``partition.layer_cap(weights, P, epsilon)``; layer 0 (the input features) is left free.
+``partition.layer_cap(weights, P, epsilon)``; layer 0 (the input features) is left free. A
+device may hold every neuron without inputs (they weigh nothing) and may be empty in a layer
+where the other devices can carry all of it.
 
 The identity both rest on (:func:`receive_volume`): with ``S_d^k`` the neurons device ``d`` owns
 in layer ``k`` and ``In(T)`` the neurons of layer ``k`` that some neuron of ``T`` (in layer
@@ -131,14 +133,21 @@ def device_chain_bound(
 ) -> int:
     """A lower bound on the volume of every partition into ``num_parts`` devices that keeps each
     layer ``1..L`` within its ``epsilon`` cap (module docstring). ``max_inputs`` (default: twice
-    the smallest input set of any compute group) is the largest ``|In(S^k)|`` tracked exactly; a
-    layer with too many small input sets tracks less, which only loosens the bound."""
+    the largest, over layers, of the smallest input set of a compute group) is the largest
+    ``|In(S^k)|`` tracked exactly; a layer with too many small input sets tracks less, which
+    only loosens the bound."""
     if network.num_layers < 2:
         return 0
     weights = _partition.layer_weights(network)
-    most = [None] + [  # the most neurons a device may hold in each layer
-        _partition.layer_cap(w, num_parts, epsilon) // max(int(w.min()), 1) if w.size else 0 for w in weights[1:]
-    ]
+    most, may_be_empty = [None], [None]
+    for w in weights[1:]:
+        cap = _partition.layer_cap(w, num_parts, epsilon)
+        positive = w[w > 0]
+        per_device = cap // int(positive.min()) if positive.size else 0
+        # neurons without inputs weigh nothing: a device may hold all of them besides its share
+        most.append(int(w.size - positive.size) + per_device)
+        # a device may hold nothing in this layer only if the others can carry all of it
+        may_be_empty.append((num_parts - 1) * cap >= int(w.sum()) and (num_parts - 1) * per_device >= positive.size)
     tables = [None] + [_group_inputs(network, k) for k in range(1, network.num_layers + 1)]
     if max_inputs is None:
         max_inputs = 2 * max(
@@ -153,6 +162,7 @@ def device_chain_bound(
         step, states, supports = _tracked(inputs, sizes, max_inputs)
         size_of = np.arange(states + 1) * step
         reachable = size_of >= min((int(sizes[r].sum()) for r in inputs), default=0)
+        reachable[0] |= may_be_empty[k]  # an empty S^k needs no inputs
         above = (states + 1) * step  # the least a lumped state can need
         if k == 1:  # layer 0 is free: the device may hold any of its inputs there
             cost, lumped_cost = np.where(reachable, 0.0, np.inf), 0.0

@@ -123,3 +123,24 @@ def test_device_chain_bound_tracks_less_when_a_layer_has_too_many_input_sets(mon
     monkeypatch.setattr(bounds, "_SUPPORT_LIMIT", 4)  # forces every layer to halve its range
     reduced = bounds.device_chain_bound(net, 3, 0.03, max_inputs=12)
     assert 0 <= reduced <= full <= _exact_min_volume(net, 3, 0.03)
+
+
+def _net(*dense) -> SparseNetwork:
+    mats = [sp.csr_array(np.asarray(m, dtype=float)) for m in dense]
+    return SparseNetwork.from_scipy(mats, [np.zeros(m.shape[1]) for m in mats])
+
+
+@pytest.mark.parametrize(
+    "net, num_parts",
+    [
+        # fewer neurons than devices: a device may own nothing in a layer
+        (_net([[1, 0], [0, 1]], [[1, 1], [1, 1]]), 3),
+        # the cap leaves room for one device to stay empty in layer 2 (every layer has >= P neurons)
+        (_net(np.eye(3), np.ones((3, 4))), 3),
+        # neurons without inputs weigh nothing: one device may hold all of them besides its share
+        (_net([[1, 0, 0, 0], [0, 1, 0, 0]], [[1, 0], [0, 1], [1, 0], [0, 1]]), 2),
+    ],
+)
+def test_device_chain_bound_allows_empty_devices_and_free_neurons(net, num_parts):
+    # regressions found by fuzzing against the brute force: each once gave a bound above the optimum
+    assert bounds.device_chain_bound(net, num_parts, 0.03) <= _exact_min_volume(net, num_parts, 0.03)
