@@ -46,8 +46,8 @@ from jaxsdnn.network import SparseNetwork
 
 __all__ = ["class_preserving_bound", "device_chain_bound", "receive_volume"]
 
-# Connected sets of compute groups enumerated per layer before device_chain_bound gives up on a
-# max_inputs (it then asks for a smaller one).
+# Connected sets of compute groups enumerated per layer before device_chain_bound halves the range
+# of input counts it tracks exactly in that layer.
 _SUPPORT_LIMIT = 50_000
 
 
@@ -108,10 +108,11 @@ def _connected_supports(inputs: list, read_sizes: np.ndarray, limit: int) -> lis
     return out
 
 
-def _tracked(inputs: list, read_sizes: np.ndarray, max_inputs: int) -> tuple[int, int, list]:
-    """``(step, states, supports)`` of one layer: ``|In(S)|`` is a multiple of ``step`` (the gcd of
-    the read-group sizes) and tracked exactly up to ``states * step <= max_inputs``, halved until
-    the connected supports within that range number at most ``_SUPPORT_LIMIT``."""
+def _tracked(inputs: list, read_sizes: np.ndarray, max_inputs: int) -> tuple[int, int, int, list]:
+    """``(step, smallest, states, supports)`` of one layer: ``|In(S)|`` is a multiple of ``step``
+    (the gcd of the read-group sizes), at least ``smallest`` unless ``S`` is empty, and tracked
+    exactly up to ``states * step <= max_inputs``, halved until the connected supports within that
+    range number at most ``_SUPPORT_LIMIT``."""
     positive = read_sizes[read_sizes > 0]
     step = int(np.gcd.reduce(positive)) if positive.size else 1
     smallest = min((int(read_sizes[r].sum()) for r in inputs), default=0)
@@ -119,7 +120,7 @@ def _tracked(inputs: list, read_sizes: np.ndarray, max_inputs: int) -> tuple[int
     while True:
         supports = _connected_supports(inputs, read_sizes, limit)
         if supports is not None:
-            return step, limit // step, supports
+            return step, smallest, limit // step, supports
         if limit <= smallest:
             raise ValueError(
                 f"more than {_SUPPORT_LIMIT} sets of compute groups read only {limit} inputs; "
@@ -159,9 +160,9 @@ def device_chain_bound(
     prev = None
     for k in range(1, network.num_layers + 1):
         groups, inputs, sizes = tables[k]
-        step, states, supports = _tracked(inputs, sizes, max_inputs)
+        step, smallest, states, supports = _tracked(inputs, sizes, max_inputs)
         size_of = np.arange(states + 1) * step
-        reachable = size_of >= min((int(sizes[r].sum()) for r in inputs), default=0)
+        reachable = size_of >= smallest
         reachable[0] |= may_be_empty[k]  # an empty S^k needs no inputs
         above = (states + 1) * step  # the least a lumped state can need
         if k == 1:  # layer 0 is free: the device may hold any of its inputs there
