@@ -68,14 +68,14 @@ def receive_volume(network: SparseNetwork, parts: Sequence[np.ndarray]) -> int:
 
 
 def _group_inputs(network: SparseNetwork, k: int) -> tuple[np.ndarray, list, np.ndarray]:
-    """Layer ``k``'s compute groups, each one's inputs as read-group ids of layer ``k - 1``, and
-    the read-group sizes."""
+    """Layer ``k``'s compute groups (``[n_k]`` ids), each group's inputs as read-group ids of layer
+    ``k - 1``, and those read groups (``[n_{k-1}]`` ids, :meth:`SparseNetwork.reader_classes`)."""
     w = network.weights[k - 1].tocsc()
     groups = network.input_classes(k)
     read = network.reader_classes(k)
     first = np.unique(groups, return_index=True)[1]
     inputs = [np.unique(read[w.indices[w.indptr[j] : w.indptr[j + 1]]]) for j in first]
-    return groups, inputs, np.bincount(read)
+    return groups, inputs, read
 
 
 def _connected_supports(inputs: list, read_sizes: np.ndarray, limit: int) -> list | None:
@@ -151,16 +151,19 @@ def device_chain_bound(
         may_be_empty.append((num_parts - 1) * cap >= int(w.sum()) and (num_parts - 1) * per_device >= positive.size)
     tables = [None] + [_group_inputs(network, k) for k in range(1, network.num_layers + 1)]
     if max_inputs is None:
-        max_inputs = 2 * max(
-            min((int(sizes[r].sum()) for r in inputs), default=0) for _, inputs, sizes in tables[1:]
-        )
+        smallest_inputs = []
+        for _, inputs, read in tables[1:]:
+            read_sizes = np.bincount(read)
+            smallest_inputs.append(min((int(read_sizes[r].sum()) for r in inputs), default=0))
+        max_inputs = 2 * max(smallest_inputs)
     # per state s of layer k (|In(S^k)| == s * step, or above the tracked range: `lumped`), the
     # fewest entries one device receives up to layer k
     cost = lumped_cost = None
     prev = None
     for k in range(1, network.num_layers + 1):
-        groups, inputs, sizes = tables[k]
-        step, smallest, states, supports = _tracked(inputs, sizes, max_inputs)
+        groups, inputs, read = tables[k]  # read: layer k-1 neurons by their readers in layer k
+        read_sizes = np.bincount(read)
+        step, smallest, states, supports = _tracked(inputs, read_sizes, max_inputs)
         size_of = np.arange(states + 1) * step
         reachable = size_of >= smallest
         reachable[0] |= may_be_empty[k]  # an empty S^k needs no inputs
@@ -170,8 +173,6 @@ def device_chain_bound(
             prev = (groups, step, states, supports)
             continue
         prev_groups, prev_step, prev_states, prev_supports = prev
-        read = network.reader_classes(k)  # layer k-1 neurons by their readers in layer k
-        read_sizes = np.bincount(read)
         has_readers = np.zeros(read_sizes.size, bool)
         has_readers[read[np.diff(network.weights[k - 1].indptr) > 0]] = True
         overlap = np.zeros((int(prev_groups.max()) + 1, int(read.max()) + 1), np.int64)

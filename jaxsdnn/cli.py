@@ -193,18 +193,18 @@ def _cmd_infer(args) -> dict:
     if args.method and (args.devices or 1) < 2:
         raise UsageError("--method partitions the network over --devices; give --devices 2 or more")
     model = args.devices or 1
+    from jaxsdnn import partition
+
     part = None
     if args.partition:  # read before JAX starts: its part count sets the device count
-        from jaxsdnn import partition as partition_lib
-
-        part = partition_lib.load_partition(args.partition)
+        part = partition.load_partition(args.partition)
         if args.devices is None:
             model = part.num_parts
     if args.data_parallel < 1 or model < 1:
         raise UsageError("--devices and --data-parallel must be >= 1")
     devices = _setup_devices(args, model * args.data_parallel)
 
-    from jaxsdnn import engine, io, partition, sharded
+    from jaxsdnn import engine, io, sharded
 
     net = _read_network(args)
     images = io.read_images(args.images, num_features=net.sizes[0])

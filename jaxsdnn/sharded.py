@@ -255,7 +255,7 @@ def local_loss_and_grads(params, tables: DeviceTables, x0, labels, *, rounds, ca
             n_prev = sum(i.shape[0] for i in tables.layers[k - 1].index)
             y_prev = xs[k][:n_prev]  # layer k-1's output: the own rows of layer k's extended input
             dxext = _transposed_spmm(dz, params["w"][k], t)
-            dx = _return_partials(dxext, y_prev.shape[0], t, rounds[k], model_axis)
+            dx = _return_partials(dxext, n_prev, t, rounds[k], model_axis)
             # the ReLU's derivative from its output (no pre-activations kept): y = clip(z, 0, cap)
             dz = dx * kernels.activation_mask(y_prev, cap)
     grads = {"w": tuple(gw), "b": tuple(gb)}
