@@ -185,6 +185,63 @@ def _cmd_partition(args) -> dict:
             "method": args.method, "out": str(args.out)}
 
 
+def _check_output(path: str, flag: str) -> None:
+    """Fails before any work if ``path`` cannot be written (names the flag and the path)."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise UsageError(f"{flag} {path}: is a directory, expected a file path")
+    if not os.path.isdir(parent):
+        raise UsageError(f"{flag} {path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"{flag} {path}: folder {parent} is not writable")
+
+
+def _enable_compile_cache(where: str | None) -> str | None:
+    """JAX's persistent compilation cache in ``where`` (default ``$JAXSDNN_COMPILE_CACHE`` or
+    ``~/.cache/jaxsdnn/xla``; ``off`` disables it): a second run of the same shapes loads its
+    programs instead of compiling them."""
+    import jax
+
+    where = where or os.environ.get("JAXSDNN_COMPILE_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "jaxsdnn", "xla")
+    if where == "off":
+        return None
+    try:
+        os.makedirs(where, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"--compile-cache {where}: cannot create it ({e.strerror})") from None
+    jax.config.update("jax_compilation_cache_dir", where)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return where
+
+
+def _write_scores(path: str, scores) -> None:
+    """Survivors' last-layer activations, sparse: ``.npz`` is ``scipy.sparse.save_npz`` of the
+    ``[images, n_L]`` CSR matrix; any other name gets ``image<TAB>neuron<TAB>value`` lines
+    (1-based, survivors only, sorted), the Graph Challenge's triplet layout."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    from jaxsdnn._atomic import atomic_write
+
+    if path.endswith(".npz"):
+        with atomic_write(path, "wb") as f:
+            sp.save_npz(f, sp.csr_matrix(scores), compressed=True)
+        return
+    coo = sp.coo_array(scores)
+    order = np.lexsort((coo.col, coo.row))
+    with atomic_write(path, "w") as f:
+        for r, c, v in zip(coo.row[order] + 1, coo.col[order] + 1, coo.data[order]):
+            f.write(f"{r}\t{c}\t{v:.9g}\n")
+
+
+def _peak_rss_bytes() -> int:
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
+
+
 def _cmd_infer(args) -> dict:
     import numpy as np
 
@@ -192,6 +249,11 @@ def _cmd_infer(args) -> dict:
         raise UsageError("give either --partition FILE or --method M, not both")
     if args.method and (args.devices or 1) < 2:
         raise UsageError("--method partitions the network over --devices; give --devices 2 or more")
+    _check_output(args.out, "--out")
+    if args.scores:
+        _check_output(args.scores, "--scores")
+    if args.truth and not os.path.isfile(args.truth):
+        raise UsageError(f"--truth {args.truth}: no such file")
     model = args.devices or 1
     from jaxsdnn import partition
 
@@ -203,11 +265,13 @@ def _cmd_infer(args) -> dict:
     if args.data_parallel < 1 or model < 1:
         raise UsageError("--devices and --data-parallel must be >= 1")
     devices = _setup_devices(args, model * args.data_parallel)
+    cache = _enable_compile_cache(args.compile_cache)
 
     from jaxsdnn import engine, io, sharded
 
     net = _read_network(args)
     images = io.read_images(args.images, num_features=net.sizes[0])
+    truth = io.read_categories(args.truth) if args.truth else None
     if part is not None:
         try:
             part.validate_for(net)
@@ -219,14 +283,13 @@ def _cmd_infer(args) -> dict:
         part = partition.partition_network(net, model, method=args.method or "kahypar", seed=args.seed)
         part = _same_on_every_process(part)
     mesh = sharded.make_mesh(model, args.data_parallel, devices=devices)
-    result = engine.run_inference(net, images, partition=part, mesh=mesh, batch_size=args.batch_size)
+    result = engine.run_inference(net, images, partition=part, mesh=mesh, batch_size=args.batch_size,
+                                  compact=not args.no_compact)
     if _is_writer():
         io.write_categories(args.out, result.categories)
         if args.scores:
-            from jaxsdnn._atomic import atomic_write
-
-            with atomic_write(args.scores, "wb") as f:
-                np.save(f, result.scores)
+            _write_scores(args.scores, result.scores)
+    stats = result.stats
     out = {
         "categories": int(result.categories.size),
         "seconds": result.seconds,
@@ -237,18 +300,28 @@ def _cmd_infer(args) -> dict:
         "devices": model * args.data_parallel,
         "model_parallel": model,
         "data_parallel": args.data_parallel,
-        "volume_per_sample": result.stats["volume_per_sample"],
-        "padded_volume_per_sample": result.stats["padded_volume_per_sample"],
-        "rounds": result.stats["rounds"],
+        "batch_size": stats["batch_size"],
+        "volume_per_sample": stats["volume_per_sample"],
+        "padded_volume_per_sample": stats["padded_volume_per_sample"],
+        "rounds": stats["rounds"],
+        "segments": stats["segments"],
+        "compact": stats["compact"],
+        "survival": [[int(k), int(a)] for k, a in result.survival],
+        "computed_edge_fraction": stats["computed_edge_fraction"],
+        "skipped_edge_fraction": max(0.0, 1.0 - stats["computed_edge_fraction"]),
+        "compiles": stats["compiles"],
+        "compile_cache_hits": stats["cache_hits"],
+        "compile_cache": cache,
+        "peak_rss_bytes": _peak_rss_bytes(),
         "out": str(args.out),
     }
-    if args.truth:
-        truth = io.read_categories(args.truth)
+    if truth is not None:
         out["matches_truth"] = bool(np.array_equal(truth, result.categories))
     print(f"{out['categories']} categories from {out['images']} images through {out['layers']} layers on "
           f"{out['devices']} device(s): {result.seconds:.3f} s, {result.edges_per_second:.3g} edges/s"
-          + (f", matches truth: {out['matches_truth']}" if args.truth else ""), file=sys.stderr)
-    if args.truth and not out["matches_truth"]:
+          + (f", {out['skipped_edge_fraction']:.1%} of the edges skipped (dead samples)" if stats["compact"] else "")
+          + (f", matches truth: {out['matches_truth']}" if truth is not None else ""), file=sys.stderr)
+    if truth is not None and not out["matches_truth"]:
         out["_exit"] = 1
     return out
 
@@ -310,7 +383,15 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--images", required=True, help="images .tsv[.gz] or .mtx")
     i.add_argument("--out", required=True, help="categories file to write")
     i.add_argument("--batch-size", type=_positive_int, default=None)
-    i.add_argument("--scores", default=None, help="save the last layer's activations (.npy)")
+    i.add_argument("--scores", default=None,
+                   help="save the survivors' last-layer activations, sparse: FILE.npz (scipy.sparse.save_npz of "
+                        "the [images, n_L] CSR matrix) or any other name for image<TAB>neuron<TAB>value lines "
+                        "(1-based, survivors only)")
+    i.add_argument("--no-compact", action="store_true",
+                   help="compute every sample through every layer (no dropping of dead samples; for comparison)")
+    i.add_argument("--compile-cache", default=None, metavar="DIR",
+                   help="persistent compilation cache (default $JAXSDNN_COMPILE_CACHE or ~/.cache/jaxsdnn/xla; "
+                        "'off' disables it)")
     i.add_argument("--truth", default=None, help="categories file to compare with (exit 1 on mismatch)")
     i.add_argument("--method", default=None, choices=["block", "random", "kahypar", "mtkahypar"],
                    help="partitioner when --devices > 1 (default kahypar)")

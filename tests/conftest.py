@@ -3,6 +3,7 @@
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("JAXSDNN_COMPILE_CACHE", "off")  # CLI runs in tests leave no cache behind (one test sets one)
 
 import jax  # noqa: E402
 

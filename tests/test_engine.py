@@ -42,7 +42,7 @@ def test_first_layers_match_float64_reference(real):
     net, images, _ = real
     net6 = net.truncated(6)
     result = engine.run_inference(net6, images[:200])
-    np.testing.assert_allclose(result.scores, reference.forward(net6, images[:200]), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(result.scores.toarray(), reference.forward(net6, images[:200]), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("model,data", [(1, 1), (3, 1), (2, 2)])
@@ -54,7 +54,7 @@ def test_random_valued_network_matches_scipy_float64(model, data):
     # odd image count and a batch size that is not a multiple: padding must be dropped
     result = engine.run_inference(net, images, partition=part, mesh=sharded.make_mesh(model, data), batch_size=10)
     ref = reference.forward(net, images)
-    np.testing.assert_allclose(result.scores, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+    np.testing.assert_allclose(result.scores.toarray(), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
     assert result.scores.shape == (37, 47)
 
 
@@ -71,4 +71,4 @@ def test_many_small_batches_on_a_2d_mesh():
     part = partition_network(net, 2, method="block")
     result = engine.run_inference(net, images, partition=part, mesh=sharded.make_mesh(2, 3), batch_size=2)
     assert result.stats["batch_size"] == 3  # rounded up to the data axis
-    np.testing.assert_allclose(result.scores, reference.forward(net, images), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(result.scores.toarray(), reference.forward(net, images), rtol=1e-5, atol=1e-5)

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import scipy.sparse as sp
 import pytest
 from conftest import GC_DIR, REPO
 
@@ -28,7 +29,7 @@ def test_two_processes_match_one(tmp_path):
     procs = []
     for pid in range(2):
         cmd = [sys.executable, "-m", "jaxsdnn.cli", "infer", "--network", NETWORK, "--layers", str(layers),
-               "--images", IMAGES, "--out", str(tmp_path / f"cats{pid}.tsv"), "--scores", str(tmp_path / f"s{pid}.npy"),
+               "--images", IMAGES, "--out", str(tmp_path / f"cats{pid}.tsv"), "--scores", str(tmp_path / f"s{pid}.npz"),
                "--devices", "2", "--data-parallel", "2", "--method", "kahypar", "--coordinator", f"127.0.0.1:{port}",
                "--num-processes", "2", "--process-id", str(pid), "--init-timeout", "60"]
         env = dict(os.environ, JAX_PLATFORMS="cpu")
@@ -42,4 +43,4 @@ def test_two_processes_match_one(tmp_path):
     net = io.read_network(NETWORK, num_layers=layers)
     single = engine.run_inference(net, io.read_images(IMAGES, num_features=1024))
     np.testing.assert_array_equal(io.read_categories(tmp_path / "cats0.tsv"), single.categories)
-    np.testing.assert_allclose(np.load(tmp_path / "s0.npy"), single.scores, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(sp.load_npz(tmp_path / "s0.npz").toarray(), single.scores.toarray(), rtol=1e-5, atol=1e-5)

@@ -1,0 +1,164 @@
+"""Stacked segments on the devices: one ``fori_loop`` per segment, alive counts, compaction.
+
+The device half of :mod:`jaxsdnn.stacking`. A segment's layers run as one loop over its stacked
+tables (``lax.fori_loop`` with traced bounds), so one compiled program serves every layer range
+of the segment and every depth; programs are cached per (mesh, segment shape, batch size), and
+the tables are arguments, not constants, so JAX's persistent compilation cache serves a second
+process running the same network shapes.
+
+Each chunk also returns, per sample, the number of nonzero activations summed over the model axis
+(a ``psum`` of one int per sample, never the activations) and the count of non-finite values:
+what :mod:`jaxsdnn.engine` needs to drop dead samples and to stop on overflow.
+
+Pytrees:
+    params: per segment ``{"w": per bucket [P, S, rows_b, width_b], "b": [P, S, n_rows]}`` float32.
+    tables: per segment a :class:`jaxsdnn.stacking.StackedTables` of int32 arrays.
+    activations: feature-major ``[P, n_rows, batch]``, batch split over the data axis.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as Spec
+
+from jaxsdnn import kernels
+from jaxsdnn.plan import layout_values
+from jaxsdnn.sharded import DATA_AXIS, MODEL_AXIS, _exchange, _global_array
+from jaxsdnn.stacking import Segment, StackedPlan, StackedTables, stack_values
+
+__all__ = ["StackedNetwork", "compact_columns", "insert_columns", "put_activations", "scalar", "segment_chunk", "shard_stacked"]
+
+jax.tree_util.register_dataclass(StackedTables, data_fields=["index", "send", "group_cols"], meta_fields=[])
+
+ACTIVATION_SPEC = Spec(MODEL_AXIS, None, DATA_AXIS)
+
+
+@dataclasses.dataclass(frozen=True)
+class StackedNetwork:
+    """A stacked plan on a mesh.
+
+    Attributes:
+        splan: the host :class:`jaxsdnn.stacking.StackedPlan`.
+        mesh: the ``(MODEL_AXIS, DATA_AXIS)`` mesh.
+        params: per segment, its values (module docstring), sharded over the model axis.
+        tables: per segment, its :class:`StackedTables`, sharded over the model axis.
+    """
+
+    splan: StackedPlan
+    mesh: Mesh
+    params: tuple[dict, ...]
+    tables: tuple[StackedTables, ...]
+
+
+def shard_stacked(splan: StackedPlan, network, mesh: Mesh) -> StackedNetwork:
+    """Puts the stacked values and tables of ``network`` on ``mesh`` (model axis = partition)."""
+    if mesh.shape[MODEL_AXIS] != splan.num_parts:
+        raise ValueError(
+            f"the partition has {splan.num_parts} parts but the mesh's model axis has "
+            f"{mesh.shape[MODEL_AXIS]} devices"
+        )
+    by_model = NamedSharding(mesh, Spec(MODEL_AXIS))
+    put = lambda tree: jax.tree.map(lambda a: _global_array(a, by_model), tree)  # noqa: E731
+    values = stack_values(splan, layout_values(splan.plan, network))
+    return StackedNetwork(splan, mesh, put(values), put(splan.tables))
+
+
+def local_segment(params, tables: StackedTables, x, i0, i1, *, rounds, cap, axis=MODEL_AXIS):
+    """Layers ``i0 .. i1`` (half open, counted within the segment) of a segment on one device.
+
+    Args:
+        params, tables: the segment's values and tables with the device axis removed
+            (``[S, ...]``).
+        x: ``[n_rows, batch]``, the activation before layer ``i0`` of the segment.
+        i0, i1: int32 scalars, ``0 <= i0 <= i1 <= S`` (traced: one program for every range).
+        rounds: the segment's static exchange rounds.
+    """
+
+    def layer(i, x):
+        pick = functools.partial(jax.lax.dynamic_index_in_dim, index=i, axis=0, keepdims=False)
+        xext = _exchange(x, [pick(s) for s in tables.send], rounds, axis)
+        z = kernels.bucketed_spmm(
+            xext, [pick(i) for i in tables.index], [pick(w) for w in params["w"]], [pick(g) for g in tables.group_cols]
+        )
+        return kernels.activation(z + pick(params["b"])[:, None], cap)
+
+    return jax.lax.fori_loop(i0, i1, layer, x)
+
+
+@functools.lru_cache(maxsize=256)
+def _chunk_fn(mesh: Mesh, rounds, cap):
+    def per_device(params, tables, x, i0, i1):
+        y = local_segment(jax.tree.map(lambda a: a[0], params), jax.tree.map(lambda a: a[0], tables), x[0], i0, i1,
+                          rounds=rounds, cap=cap)
+        alive = jax.lax.psum(jnp.sum(y != 0, axis=0, dtype=jnp.int32), MODEL_AXIS)
+        bad = jax.lax.psum(jnp.sum(~jnp.isfinite(y), dtype=jnp.int32), (MODEL_AXIS, DATA_AXIS))
+        return y[None], alive, bad
+
+    by_model = Spec(MODEL_AXIS)
+    return jax.jit(
+        jax.shard_map(
+            per_device,
+            mesh=mesh,
+            in_specs=(by_model, by_model, ACTIVATION_SPEC, Spec(), Spec()),
+            out_specs=(ACTIVATION_SPEC, Spec(DATA_AXIS), Spec()),
+        )
+    )
+
+
+def segment_chunk(sn: StackedNetwork, s: int):
+    """The jitted chunk of segment ``s``: ``f(params_s, tables_s, x, i0, i1) -> (y, alive, bad)``.
+
+    Runs the segment's layers ``i0 .. i1`` (within the segment). ``x``, ``y``: ``[P, n_rows,
+    batch]``; ``alive``: ``[batch]`` int32 nonzero activations per sample after the chunk;
+    ``bad``: int32, non-finite activations after it. One function per (mesh, exchange rounds,
+    ReLU cap), so segments of one shape share their compiled programs.
+    """
+    return _chunk_fn(sn.mesh, sn.splan.segments[s].rounds, sn.splan.plan.cap)
+
+
+@functools.lru_cache(maxsize=64)
+def _compact_fn(mesh: Mesh, n_rows: int):
+    def f(x, columns):
+        y = jnp.take(x, columns, axis=2, mode="fill", fill_value=0)
+        return jnp.pad(y, ((0, 0), (0, n_rows - y.shape[1]), (0, 0))) if n_rows > y.shape[1] else y
+
+    return jax.jit(f, out_shardings=NamedSharding(mesh, ACTIVATION_SPEC))
+
+
+def compact_columns(mesh: Mesh, x: jax.Array, columns: np.ndarray, n_rows: int) -> jax.Array:
+    """``x[:, :, columns]`` (out-of-range columns give zeros), rows zero-padded to ``n_rows``,
+    the batch split evenly over the data axis again (samples move between data shards)."""
+    cols = _global_array(np.asarray(columns, np.int32), NamedSharding(mesh, Spec()))
+    return _compact_fn(mesh, int(n_rows))(x, cols)
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_fn(mesh: Mesh, batch: int):
+    def f(buffer, x, offset):
+        if buffer is None:
+            buffer = jnp.zeros(x.shape[:2] + (batch,), x.dtype)
+        return jax.lax.dynamic_update_slice_in_dim(buffer, x, offset, axis=2)
+
+    return jax.jit(f, out_shardings=NamedSharding(mesh, ACTIVATION_SPEC))
+
+
+def insert_columns(mesh: Mesh, buffer: jax.Array | None, x: jax.Array, offset: int, batch: int) -> jax.Array:
+    """``buffer[:, :, offset : offset + x.shape[2]] = x`` for a ``[P, n_rows, batch]`` buffer
+    (a new zero buffer when ``None``)."""
+    return _insert_fn(mesh, int(batch))(buffer, x, scalar(mesh, offset))
+
+
+def put_activations(mesh: Mesh, x: np.ndarray) -> jax.Array:
+    """Feature-major ``[P, n_rows, batch]`` host activations onto the mesh (batch over the data axis)."""
+    return _global_array(x, NamedSharding(mesh, ACTIVATION_SPEC))
+
+
+def scalar(mesh: Mesh, value: int) -> jax.Array:
+    """An int32 scalar every process holds (for the traced layer bounds)."""
+    return _global_array(np.asarray(value, np.int32), NamedSharding(mesh, Spec()))
