@@ -149,15 +149,39 @@ def _is_writer() -> bool:
 def _cmd_generate(args) -> dict:
     from jaxsdnn import io, radixnet
 
+    if args.images < 0:
+        raise UsageError(f"--images {args.images}: expected a count >= 0")
+    if not 0.0 <= args.density <= 1.0:
+        raise UsageError(f"--density {args.density}: expected a fraction in [0, 1]")
+    try:
+        bias = args.bias if args.bias is not None else io.graphchallenge_bias(args.neurons)
+    except ValueError:
+        bias = None
+    if args.images and args.survivors and bias is None:
+        raise UsageError(f"--neurons {args.neurons} has no Graph Challenge bias: give --bias B to count the "
+                         "survivors, or --no-survivors")
     net = radixnet.radixnet(args.neurons, args.layers, seed=args.seed, bias=0.0)  # files hold no bias
     written = io.write_network(net, args.out)
     out = {"network": str(args.out), "layers": net.num_layers, "neurons": args.neurons, "nnz": net.total_nnz,
            "files": len(written)}
     if args.images:
-        imgs = radixnet.random_images(args.neurons, args.images, args.density, seed=args.seed)
+        if args.image_kind == "challenge":
+            imgs = radixnet.challenge_images(args.neurons, args.images, seed=args.seed)
+        else:
+            imgs = radixnet.random_images(args.neurons, args.images, args.density, seed=args.seed)
         path = os.path.join(args.out, f"sparse-images-{args.neurons}.tsv")
         io.write_images(path, imgs)
-        out.update(images=args.images, images_file=path)
+        out.update(images=args.images, images_file=path, image_kind=args.image_kind)
+        if args.survivors:  # run the network once: how many images reach the last layer
+            from jaxsdnn import engine
+
+            result = engine.run_inference(radixnet.radixnet(args.neurons, args.layers, seed=args.seed, bias=bias), imgs)
+            truth = os.path.join(args.out, f"neuron{args.neurons}-l{args.layers}-categories.tsv")
+            io.write_categories(truth, result.categories)
+            out.update(survivors=int(result.categories.size), survivor_fraction=result.categories.size / args.images,
+                       bias=bias, categories_file=truth)
+            print(f"{result.categories.size} of {args.images} images survive all {args.layers} layers "
+                  f"(bias {bias:g}) -> {truth}", file=sys.stderr)
     print(f"wrote {net.num_layers} layers of {args.neurons} neurons to {args.out}", file=sys.stderr)
     return out
 
@@ -359,8 +383,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--layers", type=_positive_int, required=True)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", required=True)
-    g.add_argument("--images", type=int, default=0, help="also write this many random binary images")
-    g.add_argument("--density", type=float, default=0.1, help="density of the random images")
+    g.add_argument("--images", type=int, default=0,
+                   help="also write this many input images (and, with the survivors, the truth categories)")
+    g.add_argument("--image-kind", choices=["challenge", "random"], default="challenge",
+                   help="challenge (default): the challenge's MNIST digits resized to sqrt(N) x sqrt(N), so that a "
+                        "small fraction survives, as in the challenge; random: uniform random binary images")
+    g.add_argument("--density", type=float, default=0.1, help="density of --image-kind random")
+    g.add_argument("--bias", type=float, default=None,
+                   help="bias for counting the survivors (default: the challenge's bias for N)")
+    g.add_argument("--no-survivors", dest="survivors", action="store_false",
+                   help="do not run the network to count the images that survive it")
     g.add_argument("--json", action="store_true")
 
     def network_args(p):

@@ -23,13 +23,16 @@ References:
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
+import scipy.ndimage
 import scipy.sparse as sp
 
 from jaxsdnn.io import graphchallenge_bias
 from jaxsdnn.network import SparseNetwork
 
-__all__ = ["radixnet", "random_images"]
+__all__ = ["challenge_images", "radixnet", "random_images"]
 
 _COPIES = 16  # the kron(ones(16, 16), .) factor: 2 * 16 = 32 edges per neuron
 
@@ -119,5 +122,62 @@ def random_images(neurons: int, count: int, density: float, seed: int = 0) -> sp
         rng=np.random.default_rng(seed),
         data_sampler=lambda size: np.ones(size, dtype=np.float32),
     )
+    images.sort_indices()
+    return images
+
+
+_DIGITS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_assets", "mnist32_subset.npz")
+MAX_SHIFT = 2
+"""Largest translation (pixels of the 32 x 32 original) of the copies beyond the first 1,200."""
+
+
+def _base_digits() -> np.ndarray:
+    """The challenge's first 1,200 input images (MNIST digits at 32 x 32, binary): ``[1200, 32, 32]``
+    bool. Packed from ``data/graphchallenge/sparse-images-1024_subset.mtx`` (see its SOURCES.md)."""
+    with np.load(_DIGITS) as f:
+        count, width = (int(v) for v in f["shape"])
+        return np.unpackbits(f["bits"], axis=1, count=width).astype(bool).reshape(count, 32, 32)
+
+
+def challenge_images(neurons: int, count: int, seed: int = 0) -> sp.csr_array:
+    """Graph Challenge style inputs for a network of ``neurons`` inputs: MNIST digits, resized.
+
+    The challenge made its inputs for ``N = 1024, 4096, 16384, 65536`` by resizing MNIST digits to
+    ``sqrt(N) x sqrt(N)`` binary images, so that a small fraction survives its networks (3 % of the
+    60,000 at ``N = 1024``). This does the same from the 1,200 real 32 x 32 images shipped with the
+    package: image ``i`` is digit ``i mod 1200``, translated by up to :data:`MAX_SHIFT` pixels (drawn
+    from ``seed``) for ``i >= 1200``, resized to ``s x s`` with ``s = floor(sqrt(N))`` (bilinear, then
+    thresholded at 0.5) and zero-padded to ``N`` features when ``N`` is not a square. For
+    ``N = 1024`` the first 1,200 images are the real ones, bit for bit.
+
+    Args:
+        neurons: features per image.
+        count: images.
+        seed: seeds the translations.
+
+    Returns:
+        ``[count, neurons]`` float32 CSR of ones.
+    """
+    if int(neurons) != neurons or neurons < 1 or int(count) != count or count < 0:
+        raise ValueError(f"challenge_images: neurons must be >= 1 and count >= 0, got {neurons=} {count=}")
+    digits = _base_digits().astype(np.float32)
+    side = int(np.floor(np.sqrt(neurons)))
+    if side != 32:
+        digits = scipy.ndimage.zoom(digits, (1, side / 32, side / 32), order=1, grid_mode=True, mode="grid-constant")
+    digits = digits > 0.5
+    rng = np.random.default_rng(seed)
+    shifts = rng.integers(-MAX_SHIFT, MAX_SHIFT + 1, size=(int(count), 2)) * side // 32
+    shifts[: digits.shape[0]] = 0
+    rows = []
+    for start in range(0, int(count), digits.shape[0]):
+        block = digits[: min(int(count) - start, digits.shape[0])].copy()
+        for j, (dy, dx) in enumerate(shifts[start : start + block.shape[0]]):
+            if dy or dx:
+                block[j] = np.roll(block[j], (dy, dx), axis=(0, 1))
+        rows.append(sp.csr_array(block.reshape(block.shape[0], side * side)))
+    images = sp.vstack(rows, format="csr") if rows else sp.csr_array((0, side * side))
+    if side * side < neurons:
+        images = sp.hstack([images, sp.csr_array((images.shape[0], neurons - side * side))], format="csr")
+    images = sp.csr_array(images, dtype=np.float32)
     images.sort_indices()
     return images

@@ -31,7 +31,8 @@ def last_json(out):
 def test_generate_then_infer_on_two_devices(tmp_path, capsys):
     net_dir = tmp_path / "net"
     code, out, _ = run(["generate", "--neurons", "64", "--layers", "5", "--seed", "3", "--out", str(net_dir),
-                        "--images", "40", "--density", "0.2", "--json"], capsys)
+                        "--images", "40", "--image-kind", "random", "--density", "0.2", "--no-survivors",
+                        "--json"], capsys)
     assert code == 0
     gen = last_json(out)
     assert gen["layers"] == 5 and len(list(net_dir.glob("n64-l*.tsv"))) == 5
