@@ -178,7 +178,9 @@ def main(argv=None) -> int:
         extra = np.setdiff1d(result.categories, truth)[:10].tolist()
         _say(f"  missing {missing}, unexpected {extra}")
     _say(f"  {result.edges_per_second:.3g} edges/s (forward {result.seconds:.2f} s, median of 3; "
-         f"compile {result.compile_seconds:.1f} s)")
+         f"compile {result.compile_seconds:.1f} s); {1 - stats['computed_edge_fraction']:.0%} of the edges skipped "
+         f"(dead samples dropped: {result.survival[0][1] if result.survival else '-'} alive after layer 1, "
+         f"{result.survival[-1][1] if result.survival else '-'} at the end)")
     _say(f"  plan: volume {stats['volume_per_sample']:,} entries/sample, padded {stats['padded_volume_per_sample']:,} "
          f"({stats['padding_ratio']:.2f}x), {stats['rounds']} ppermute rounds")
     if stats["volume_per_sample"] != table["kahypar"]["volume"]:
