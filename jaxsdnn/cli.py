@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import signal
 import sys
 import time
 
@@ -35,7 +37,7 @@ def _add_device_args(p: argparse.ArgumentParser, parallel: bool = True) -> None:
                    help="processes in a multi-host run (env JAXSDNN_NUM_PROCESSES)")
     g.add_argument("--process-id", type=int, default=None,
                    help="this process's id in [0, num-processes) (env JAXSDNN_PROCESS_ID)")
-    g.add_argument("--init-timeout", type=int, default=60,
+    g.add_argument("--init-timeout", type=_positive_seconds, default=60.0,
                    help="seconds to wait for the other processes / the coordinator (default 60)")
 
 
@@ -49,33 +51,169 @@ def _env_int(name: str) -> int | None:
         raise UsageError(f"environment variable {name}={v!r} is not an integer") from None
 
 
-def _wait_for_coordinator(address: str, timeout: float) -> None:
-    """Fails with a clear message if nothing listens at ``address`` within ``timeout`` seconds.
+def _positive_seconds(v: str) -> float:
+    try:
+        t = float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {v!r}") from None
+    if not (t > 0 and math.isfinite(t)) or t > 86400:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds in (0, 86400], got {v}")
+    return t
 
-    The distributed runtime aborts the whole process (no exception) when it cannot reach the
-    coordinator, so the other processes probe it first.
-    """
+
+def _split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--coordinator {address!r}: expected HOST:PORT with a port in [1, 65535]")
+    return host.strip("[]"), int(port)
+
+
+# -- the rendezvous: every process checks in with process 0 before the distributed runtime starts.
+# The runtime aborts the process (SIGABRT and a native stack dump, no exception) when a peer never
+# registers or the port is taken, and processes that disagree on the network, the images or the
+# partition enter mismatched collectives and hang for ever. So process 0 first listens on the
+# coordinator port itself, every other process sends it a JSON line with its id and a summary of
+# its inputs (``facts``), and process 0 answers everyone "go" only when all have come within
+# --init-timeout and agree; otherwise every process ends with one line. Process 0 then closes the
+# port and starts the runtime's service on it.
+def _send_line(conn, obj) -> None:
+    conn.sendall((json.dumps(obj) + "\n").encode())
+
+
+def _recv_line(conn, deadline: float) -> dict | None:
+    """One JSON line from ``conn`` before ``deadline``; None on timeout, EOF or garbage."""
     import socket
 
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise UsageError(f"--coordinator {address!r}: expected HOST:PORT")
+    data = b""
+    while b"\n" not in data:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        conn.settimeout(min(left, 1.0))
+        try:
+            chunk = conn.recv(65536)
+        except socket.timeout:
+            continue
+        except OSError:
+            return None
+        if not chunk:
+            return None
+        data += chunk
+        if len(data) > 1 << 20:
+            return None
+    try:
+        obj = json.loads(data.split(b"\n", 1)[0])
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _differences(mine: dict, theirs: dict) -> list[str]:
+    keys = sorted(set(mine) | set(theirs))
+    return [f"{k} {theirs.get(k)!r} (process 0: {mine.get(k)!r})" for k in keys if mine.get(k) != theirs.get(k)]
+
+
+def _host_rendezvous(address: str, num_processes: int, facts: dict, timeout: float) -> None:
+    import socket
+
+    _, port = _split_address(address)
+    try:
+        if socket.has_dualstack_ipv6():
+            server = socket.create_server(("", port), family=socket.AF_INET6, dualstack_ipv6=True, reuse_port=False)
+        else:
+            server = socket.create_server(("", port))
+    except OSError as e:
+        raise UsageError(
+            f"--coordinator {address}: cannot listen on port {port} ({e.strerror or e}); is another program "
+            "(or another run) using it? Choose a free port"
+        ) from None
     deadline = time.monotonic() + timeout
+    peers: dict[int, tuple] = {}  # process id -> (connection, facts)
+    problems: list[str] = []
+    try:
+        server.settimeout(0.25)
+        while len(peers) < num_processes - 1 and not problems and time.monotonic() < deadline:
+            try:
+                conn, _ = server.accept()
+            except socket.timeout:
+                continue
+            hello = _recv_line(conn, min(deadline, time.monotonic() + 5.0))
+            if hello is None or hello.get("jaxsdnn") != 1:
+                conn.close()  # not one of ours (a port scanner, a stale client): keep waiting
+                continue
+            pid, n = hello.get("process_id"), hello.get("num_processes")
+            if n != num_processes:
+                problems.append(f"process {pid} was started with --num-processes {n}, process 0 with {num_processes}")
+            elif not isinstance(pid, int) or not 0 < pid < num_processes:
+                problems.append(f"a process joined with --process-id {pid}, expected 1..{num_processes - 1}")
+            elif pid in peers:
+                problems.append(f"two processes were started with --process-id {pid}")
+            else:
+                diff = _differences(facts, hello.get("facts") or {})
+                if diff:
+                    problems.append(f"process {pid} has different inputs: {'; '.join(diff)}")
+            peers.setdefault(pid if isinstance(pid, int) else -len(peers) - 1, (conn, hello))
+        if not problems and len(peers) < num_processes - 1:
+            missing = [str(i) for i in range(1, num_processes) if i not in peers]
+            problems.append(
+                f"process(es) {', '.join(missing)} of {num_processes} did not join at {address} within "
+                f"{timeout:g} s (--init-timeout)"
+            )
+        answer = {"error": problems[0]} if problems else {"go": True}
+        for conn, _ in peers.values():
+            try:
+                _send_line(conn, answer)
+            except OSError:
+                pass
+        if not problems:  # let the peers close first, so the port is free for the runtime's service
+            for conn, _ in peers.values():
+                _recv_line(conn, time.monotonic() + 2.0)
+    finally:
+        for conn, _ in peers.values():
+            conn.close()
+        server.close()
+    if problems:
+        raise UsageError(problems[0])
+
+
+def _peer_rendezvous(address: str, process_id: int, num_processes: int, facts: dict, timeout: float) -> None:
+    import socket
+
+    host, port = _split_address(address)
+    deadline = time.monotonic() + timeout
+    last = None
     while True:
         try:
-            with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
-                return
+            conn = socket.create_connection((host, port), timeout=min(2.0, max(0.1, deadline - time.monotonic())))
+            break
         except OSError as e:
+            last = e
             if time.monotonic() >= deadline:
                 raise UsageError(
-                    f"could not reach the coordinator at {address} within {timeout:g} s ({e.strerror or e}); "
-                    "is process 0 running and the address right?"
+                    f"could not reach the coordinator at {address} within {timeout:g} s (--init-timeout; "
+                    f"{last.strerror or last}); is process 0 running and the address right?"
                 ) from None
             time.sleep(0.25)
+    with conn:
+        try:
+            _send_line(conn, {"jaxsdnn": 1, "process_id": process_id, "num_processes": num_processes, "facts": facts})
+        except OSError as e:
+            raise UsageError(f"lost the coordinator at {address} ({e.strerror or e})") from None
+        answer = _recv_line(conn, deadline + 2.0)
+    if answer is None:
+        raise UsageError(
+            f"no answer from the coordinator at {address} within {timeout:g} s (--init-timeout): process 0 "
+            "is not ready, or another program holds the port"
+        )
+    if "error" in answer:
+        raise UsageError(f"the multi-host run was refused: {answer['error']}")
 
 
-def _setup_devices(args, needed: int):
-    """Initialises JAX for ``needed`` devices; returns the device list to build the mesh from."""
+def _setup_devices(args, needed: int, facts: dict | None = None):
+    """Initialises JAX for ``needed`` devices; returns the device list to build the mesh from.
+
+    Multi-host: ``facts`` (JSON values) must be equal on every process, else every process fails.
+    """
     import jax
 
     args.coordinator = args.coordinator or os.environ.get("JAXSDNN_COORDINATOR")
@@ -91,9 +229,13 @@ def _setup_devices(args, needed: int):
             raise UsageError(f"--process-id {args.process_id} is not in [0, {args.num_processes})")
         if needed % args.num_processes:
             raise UsageError(f"{needed} devices cannot be split evenly over {args.num_processes} processes")
+        _split_address(args.coordinator)
         local = needed // args.num_processes
-        if args.process_id != 0:
-            _wait_for_coordinator(args.coordinator, args.init_timeout)
+        facts = dict(facts or {}, devices=needed)
+        if args.process_id == 0:
+            _host_rendezvous(args.coordinator, args.num_processes, facts, args.init_timeout)
+        else:
+            _peer_rendezvous(args.coordinator, args.process_id, args.num_processes, facts, args.init_timeout)
         jax.config.update("jax_num_cpu_devices", local)
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         try:
@@ -101,13 +243,15 @@ def _setup_devices(args, needed: int):
                 args.coordinator,
                 args.num_processes,
                 args.process_id,
-                initialization_timeout=args.init_timeout,
+                initialization_timeout=max(1, math.ceil(args.init_timeout)),
             )
         except Exception as e:  # the runtime raises plain RuntimeError / XlaRuntimeError
             raise UsageError(
                 f"could not join the multi-host run at {args.coordinator} as process {args.process_id} of "
-                f"{args.num_processes} within {args.init_timeout} s: {str(e).splitlines()[0][:300]}"
+                f"{args.num_processes} within {args.init_timeout:g} s: {str(e).splitlines()[0][:300]}"
             ) from None
+        # The runtime's preemption notifier takes SIGTERM (the process would then ignore it): give it back.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     else:
         try:
             jax.config.update("jax_num_cpu_devices", max(1, needed))
@@ -121,20 +265,17 @@ def _setup_devices(args, needed: int):
     return devices[:needed]
 
 
-def _same_on_every_process(part):
-    """Multi-host: every process uses process 0's partition (the partitioners are seeded, but a
-    mismatch would be silently wrong)."""
-    import jax
-
-    if jax.process_count() == 1:
-        return part
-    import dataclasses
+def _digest(*arrays) -> str:
+    import hashlib
 
     import numpy as np
-    from jax.experimental import multihost_utils
 
-    parts = tuple(np.asarray(multihost_utils.broadcast_one_to_all(np.asarray(p, np.int32))) for p in part.parts)
-    return dataclasses.replace(part, parts=parts)
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(str((a.dtype.str, a.shape)).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
 
 
 def _is_writer() -> bool:
@@ -144,33 +285,166 @@ def _is_writer() -> bool:
 
 
 # ----------------------------------------------------------------------------------------------
+# checks before the work
+# ----------------------------------------------------------------------------------------------
+def _kind(path: str) -> str | None:
+    """What is at ``path`` when it exists and is not a regular file ("a directory", "a FIFO", ...)."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    for test, what in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return what
+    return None if stat.S_ISREG(mode) else "not a regular file"
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _check_outputs(outputs: dict, inputs: dict) -> None:
+    """Refuses, before any work, an output that is not a writable regular-file location, or that is
+    an input or another output. An output that is a symlink is written through: its target gets
+    the new content (see :func:`jaxsdnn._atomic.atomic_write`).
+
+    Args:
+        outputs: flag -> the path the user gave (None: not written).
+        inputs: flag -> a path, or a list of paths (the layer files of ``--network``), or None.
+    """
+    import tempfile
+
+    outputs = {flag: os.fspath(path) for flag, path in outputs.items() if path is not None}
+    flat = [(flag, os.fspath(p)) for flag, paths in inputs.items() if paths is not None
+            for p in (paths if isinstance(paths, (list, tuple)) else [paths])]
+    for i, (flag, path) in enumerate(outputs.items()):
+        if path == "" or path.endswith(os.sep):
+            raise UsageError(f"{flag} {path!r}: expected a file name")
+        what = _kind(path)
+        if what is not None:
+            raise UsageError(f"{flag} {path}: is {what}, not a regular file; refusing to replace it")
+        if os.path.islink(path) and not os.path.exists(path):
+            raise UsageError(f"{flag} {path}: is a symlink to {os.readlink(path)!r}, which does not exist")
+        for in_flag, in_path in flat:
+            if _same_file(path, in_path):
+                shown = f"a layer file of --network ({in_path})" if in_flag == "--network" else f"{in_flag} {in_path}"
+                raise UsageError(f"{flag} {path}: is the same file as {shown}; refusing to overwrite an input")
+        for other_flag, other in list(outputs.items())[:i]:
+            if _same_file(path, other):
+                raise UsageError(f"{flag} {path}: is the same file as {other_flag} {other}; give two different files")
+        directory = os.path.dirname(os.path.realpath(path))
+        shown_dir = os.path.dirname(path) or "."
+        if not os.path.isdir(directory):
+            raise UsageError(f"{flag} {path}: directory {shown_dir} does not exist")
+        try:
+            with tempfile.NamedTemporaryFile(dir=directory, prefix=".jaxsdnn-write-test-"):
+                pass
+        except OSError as e:
+            raise UsageError(f"{flag} {path}: cannot write in {shown_dir} ({e.strerror or e})") from None
+
+
+def _default_bias(args, neurons: int) -> float:
+    from jaxsdnn import io
+
+    if args.bias is not None:
+        return args.bias
+    try:
+        return io.graphchallenge_bias(neurons)
+    except ValueError:
+        raise UsageError(
+            f"--network {args.network}: no Graph Challenge bias for {neurons} neurons per layer (defined for "
+            "1024, 4096, 16384, 65536); give --bias"
+        ) from None
+
+
+def _network_files(args) -> list:
+    """The layer files ``--network`` holds (``--layers`` checked against them), before reading any."""
+    from jaxsdnn import io
+
+    neurons, files = io.find_layer_files(args.network)
+    if args.layers is not None and args.layers > len(files):
+        raise UsageError(f"--layers {args.layers}: {args.network} holds {len(files)} layers (n{neurons}-l1..l{len(files)})")
+    _default_bias(args, neurons)
+    return files
+
+
+# ----------------------------------------------------------------------------------------------
 # commands
 # ----------------------------------------------------------------------------------------------
+def _generated_bytes(neurons: int, layers: int, images: int, density: float) -> int:
+    """What ``generate`` writes, a slight overestimate: 32 edges per neuron and layer, lines
+    ``row<TAB>col<TAB>6.250000e-02``; image lines ``row<TAB>col<TAB>1``."""
+    digits = len(str(neurons))
+    layer = neurons * 32 * (2 * digits + 15)
+    image = round(density * images * neurons) * (len(str(max(images, 1))) + digits + 4)
+    return layers * layer + image
+
+
 def _cmd_generate(args) -> dict:
+    import shutil
+
     from jaxsdnn import io, radixnet
 
+    if args.images < 0:
+        raise UsageError(f"--images {args.images}: expected a count >= 0")
+    if not 0.0 <= args.density <= 1.0:
+        raise UsageError(f"--density {args.density:g}: expected a fraction in [0, 1]")
+    try:
+        radixnet._block_size(args.neurons)
+    except ValueError as e:
+        raise UsageError(f"--neurons {args.neurons}: {e}") from None
+    if args.images * args.neurons * args.density > _MAX_GENERATED_ENTRIES:
+        raise UsageError(f"--images {args.images} x --neurons {args.neurons} x --density {args.density:g}: more than "
+                         f"{_MAX_GENERATED_ENTRIES:.0e} image entries; generate fewer")
+    out_dir = os.path.abspath(args.out)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise UsageError(f"--out {args.out}: exists and is not a directory")
+    existing = out_dir
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.access(existing, os.W_OK):
+        raise UsageError(f"--out {args.out}: cannot write in {existing}")
+    need = _generated_bytes(args.neurons, args.layers, args.images, args.density)
+    free = shutil.disk_usage(existing).free
+    if need > free:
+        raise UsageError(f"--out {args.out}: the network and images need about {need / 1e6:,.1f} MB but only "
+                         f"{free / 1e6:,.1f} MB are free there")
+    images_path = os.path.join(args.out, f"sparse-images-{args.neurons}.tsv")
+    if args.images:
+        _check_outputs({"--out": images_path} if os.path.isdir(out_dir) else {}, {})
     net = radixnet.radixnet(args.neurons, args.layers, seed=args.seed, bias=0.0)  # files hold no bias
+    imgs = radixnet.random_images(args.neurons, args.images, args.density, seed=args.seed) if args.images else None
     written = io.write_network(net, args.out)
     out = {"network": str(args.out), "layers": net.num_layers, "neurons": args.neurons, "nnz": net.total_nnz,
            "files": len(written)}
-    if args.images:
-        imgs = radixnet.random_images(args.neurons, args.images, args.density, seed=args.seed)
-        path = os.path.join(args.out, f"sparse-images-{args.neurons}.tsv")
-        io.write_images(path, imgs)
-        out.update(images=args.images, images_file=path)
+    if imgs is not None:
+        io.write_images(images_path, imgs)
+        out.update(images=args.images, images_file=images_path)
     print(f"wrote {net.num_layers} layers of {args.neurons} neurons to {args.out}", file=sys.stderr)
     return out
+
+
+_MAX_GENERATED_ENTRIES = 2e9
 
 
 def _read_network(args):
     from jaxsdnn import io
 
-    return io.read_network(args.network, num_layers=args.layers, bias=args.bias)
+    neurons, _ = io.find_layer_files(args.network)
+    return io.read_network(args.network, num_layers=args.layers, bias=_default_bias(args, neurons),
+                           allow_empty=args.allow_empty_layers)
 
 
 def _cmd_partition(args) -> dict:
     from jaxsdnn import metrics, partition
 
+    _check_outputs({"--out": args.out}, {"--network": _network_files(args)})
     net = _read_network(args)
     t0 = time.perf_counter()
     part = partition.partition_network(net, args.parts, method=args.method, epsilon=args.epsilon,
@@ -193,19 +467,20 @@ def _cmd_infer(args) -> dict:
     if args.method and (args.devices or 1) < 2:
         raise UsageError("--method partitions the network over --devices; give --devices 2 or more")
     model = args.devices or 1
-    from jaxsdnn import partition
+    from jaxsdnn import io, partition
 
+    # Everything is read and checked before JAX starts and before anything is written.
+    _check_outputs({"--out": args.out, "--scores": args.scores},
+                   {"--network": _network_files(args), "--images": args.images, "--truth": args.truth,
+                    "--partition": args.partition})
     part = None
-    if args.partition:  # read before JAX starts: its part count sets the device count
+    if args.partition:  # its part count sets the device count
         part = partition.load_partition(args.partition)
         if args.devices is None:
             model = part.num_parts
     if args.data_parallel < 1 or model < 1:
         raise UsageError("--devices and --data-parallel must be >= 1")
-    devices = _setup_devices(args, model * args.data_parallel)
-
-    from jaxsdnn import engine, io, sharded
-
+    truth = io.read_categories(args.truth) if args.truth else None
     net = _read_network(args)
     images = io.read_images(args.images, num_features=net.sizes[0])
     if part is not None:
@@ -216,8 +491,20 @@ def _cmd_infer(args) -> dict:
         if part.num_parts != model:
             raise UsageError(f"{args.partition} has {part.num_parts} parts but --devices is {model}")
     elif model > 1:
-        part = partition.partition_network(net, model, method=args.method or "kahypar", seed=args.seed)
-        part = _same_on_every_process(part)
+        try:
+            part = partition.partition_network(net, model, method=args.method or "kahypar", seed=args.seed)
+        except ValueError as e:
+            raise ValueError(f"--devices {model}: {e}") from None
+    facts = {  # multi-host: every process must agree on these before the first collective
+        "network": net.fingerprint()[:16], "values": _digest(*(w.data for w in net.weights), *net.biases),
+        "images": int(images.shape[0]), "images_digest": _digest(images.indptr, images.indices, images.data),
+        "partition": None if part is None else _digest(*part.parts), "batch_size": args.batch_size,
+        "data_parallel": args.data_parallel,
+    }
+    devices = _setup_devices(args, model * args.data_parallel, facts)
+
+    from jaxsdnn import engine, sharded
+
     mesh = sharded.make_mesh(model, args.data_parallel, devices=devices)
     result = engine.run_inference(net, images, partition=part, mesh=mesh, batch_size=args.batch_size)
     if _is_writer():
@@ -242,8 +529,7 @@ def _cmd_infer(args) -> dict:
         "rounds": result.stats["rounds"],
         "out": str(args.out),
     }
-    if args.truth:
-        truth = io.read_categories(args.truth)
+    if truth is not None:
         out["matches_truth"] = bool(np.array_equal(truth, result.categories))
     print(f"{out['categories']} categories from {out['images']} images through {out['layers']} layers on "
           f"{out['devices']} device(s): {result.seconds:.3f} s, {result.edges_per_second:.3g} edges/s"
@@ -254,15 +540,29 @@ def _cmd_infer(args) -> dict:
 
 
 def _cmd_train(args) -> dict:
+    from jaxsdnn import checkpoint as ckpt_lib
     from jaxsdnn import config as config_lib
 
-    cfg = config_lib.load_config(args.config, args.set or [])
+    if args.config and args.config_file and args.config != args.config_file:
+        raise UsageError(f"two configs given: {args.config_file} and --config {args.config}; give one")
+    config = args.config or args.config_file
+    if not config:
+        raise UsageError("give the configuration file: jaxsdnn train CONFIG.yaml (or --config CONFIG.yaml)")
+    cfg = config_lib.load_config(config, args.set or [])
     model = args.devices or config_lib.get(cfg, "devices")
     data = args.data_parallel or config_lib.get(cfg, "data_parallel")
-    devices = _setup_devices(args, model * data)
+    run_dir = args.run_dir or os.path.join("runs", os.path.splitext(os.path.basename(config))[0])
+    latest = ckpt_lib.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
+    if args.resume and latest is None:
+        raise UsageError(f"--resume: {run_dir} holds no checkpoint to resume from (checkpoints/step_*.npz)")
+    if not args.resume and latest is not None:
+        raise UsageError(f"--run-dir {run_dir} already holds checkpoints ({latest.name}); give --resume to "
+                         "continue that run, or another --run-dir")
+    facts = {"config": _digest(json.dumps(config_lib.config_to_dict(cfg), sort_keys=True).encode()),
+             "resume": bool(args.resume), "data_parallel": data}
+    devices = _setup_devices(args, model * data, facts)
     from jaxsdnn import train
 
-    run_dir = args.run_dir or os.path.join("runs", os.path.splitext(os.path.basename(args.config))[0])
     return train.train(cfg, run_dir, resume=args.resume, devices=devices, model_parallel=model,
                        data_parallel=data, method=args.method, progress=not args.json)
 
@@ -270,38 +570,87 @@ def _cmd_train(args) -> dict:
 # ----------------------------------------------------------------------------------------------
 # parser
 # ----------------------------------------------------------------------------------------------
-def _positive_int(v: str) -> int:
-    i = int(v)
-    if i < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
-    return i
+_MAX_SEED = 2**31 - 1
+
+
+def _int_in(low: int, high: int | None = None, what: str = "an integer"):
+    """An argparse type: an integer in ``[low, high]``."""
+
+    def parse(v: str) -> int:
+        try:
+            i = int(v)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {v!r}") from None
+        if i < low or (high is not None and i > high):
+            bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+            raise argparse.ArgumentTypeError(f"expected {what} {bounds}, got {v}")
+        return i
+
+    parse.__name__ = what
+    return parse
+
+
+_positive_int = _int_in(1)
+_seed = _int_in(0, _MAX_SEED, "a seed")
+
+
+def _finite_float32(v: str) -> float:
+    import numpy as np
+
+    try:
+        x = float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {v!r}") from None
+    if not (math.isfinite(x) and abs(x) <= float(np.finfo(np.float32).max)):
+        raise argparse.ArgumentTypeError(f"expected a finite float32 number (|x| <= 3.4e38), got {v}")
+    return x
+
+
+def _float(v: str) -> float:
+    try:
+        x = float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {v!r}") from None
+    if not math.isfinite(x):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {v}")
+    return x
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors become a :class:`UsageError` (one line from :func:`main`), not usage text and exit."""
+
+    def error(self, message):
+        raise UsageError(message)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jaxsdnn", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="jaxsdnn", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="write a RadiX-Net in the Graph Challenge layout")
     g.add_argument("--neurons", type=_positive_int, required=True)
     g.add_argument("--layers", type=_positive_int, required=True)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=_seed, default=0)
     g.add_argument("--out", required=True)
-    g.add_argument("--images", type=int, default=0, help="also write this many random binary images")
-    g.add_argument("--density", type=float, default=0.1, help="density of the random images")
+    g.add_argument("--images", type=_int_in(0, None, "a count"), default=0,
+                   help="also write this many random binary images")
+    g.add_argument("--density", type=_float, default=0.1, help="density of the random images, in [0, 1]")
     g.add_argument("--json", action="store_true")
 
     def network_args(p):
         p.add_argument("--network", required=True, help="directory of n{N}-l{k}.tsv[.gz] files")
         p.add_argument("--layers", type=_positive_int, default=None, help="use only the first L layers")
-        p.add_argument("--bias", type=float, default=None, help="bias of every neuron (default: by N)")
+        p.add_argument("--bias", type=_finite_float32, default=None, help="bias of every neuron (default: by N)")
+        p.add_argument("--allow-empty-layers", action="store_true",
+                       help="accept an empty (0-byte) layer file as a layer without edges")
 
     pa = sub.add_parser("partition", help="partition the neurons of every layer over devices")
     network_args(pa)
-    pa.add_argument("--parts", type=int, required=True)
+    pa.add_argument("--parts", type=_positive_int, required=True)
     pa.add_argument("--method", default="kahypar", choices=["block", "random", "kahypar", "mtkahypar"])
-    pa.add_argument("--epsilon", type=float, default=0.03)
-    pa.add_argument("--seed", type=int, default=0)
-    pa.add_argument("--threads", type=_positive_int, default=1, help="Mt-KaHyPar threads")
+    pa.add_argument("--epsilon", type=_float, default=0.03)
+    pa.add_argument("--seed", type=_seed, default=0)
+    pa.add_argument("--threads", type=_int_in(1, 1024), default=1, help="Mt-KaHyPar threads")
     pa.add_argument("--out", required=True)
     pa.add_argument("--json", action="store_true")
 
@@ -315,12 +664,13 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--method", default=None, choices=["block", "random", "kahypar", "mtkahypar"],
                    help="partitioner when --devices > 1 (default kahypar)")
     i.add_argument("--partition", default=None, help="a partition .npz from `jaxsdnn partition`")
-    i.add_argument("--seed", type=int, default=0)
+    i.add_argument("--seed", type=_seed, default=0)
     i.add_argument("--json", action="store_true")
     _add_device_args(i)
 
     t = sub.add_parser("train", help="train a sparse network from a config")
-    t.add_argument("--config", required=True)
+    t.add_argument("config_file", nargs="?", metavar="CONFIG", help="the YAML configuration (or --config)")
+    t.add_argument("--config", default=None, help="the YAML configuration")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
     t.add_argument("--run-dir", default=None, help="where metrics and checkpoints go (default runs/<name>)")
     t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --run-dir")
@@ -334,21 +684,60 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = {"generate": _cmd_generate, "partition": _cmd_partition, "infer": _cmd_infer, "train": _cmd_train}
 
 
+def _os_message(e: OSError) -> str:
+    where = e.filename if e.filename else None
+    return f"{where}: {e.strerror or e}" if where else str(e)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    command = "?"
     try:
+        args = build_parser().parse_args(argv)
+        command = args.command
         out = COMMANDS[args.command](args)
-    except (ValueError, OSError) as e:
-        msg = str(e) if not isinstance(e, OSError) or not e.filename else f"{e.filename}: {e.strerror}"
-        print(f"jaxsdnn {args.command}: error: {msg}", file=sys.stderr)
+    except UsageError as e:
+        if command == "?":
+            words = [a for a in (sys.argv[1:] if argv is None else argv) if a in COMMANDS]
+            command = words[0] if words else ""
+        print(f"jaxsdnn{' ' + command if command else ''}: error: {e}", file=sys.stderr)
         return 2
+    except (ValueError, OSError) as e:
+        msg = _os_message(e) if isinstance(e, OSError) else str(e)
+        print(f"jaxsdnn {command}: error: {' '.join(msg.split()) if chr(10) in msg else msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"jaxsdnn {command}: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print(f"jaxsdnn {command}: error: out of memory (an input or size too large for this machine)", file=sys.stderr)
+        return 1
     except RuntimeError as e:  # the XLA runtime (out of memory, a lost peer): one line, not a traceback
-        print(f"jaxsdnn {args.command}: runtime error: {str(e).splitlines()[0][:500]}", file=sys.stderr)
+        print(f"jaxsdnn {command}: runtime error: {str(e).splitlines()[0][:500] if str(e) else type(e).__name__}",
+              file=sys.stderr)
+        return 1
+    except Exception as e:  # a bug: still one line (JAXSDNN_DEBUG=1 shows the traceback)
+        if os.environ.get("JAXSDNN_DEBUG"):
+            raise
+        print(f"jaxsdnn {command}: internal error: {type(e).__name__}: {str(e)[:300]} (JAXSDNN_DEBUG=1 shows "
+              "the traceback; please report it)", file=sys.stderr)
         return 1
     code = int(out.pop("_exit", 0)) if isinstance(out, dict) else 0
     if getattr(args, "json", False) and isinstance(out, dict):
-        print(json.dumps(out))
+        print(json.dumps(_json_ready(out), allow_nan=False))
     return code
+
+
+def _json_ready(x):
+    """``x`` with NumPy scalars as Python numbers and NaN / infinity as null (strict JSON)."""
+    if isinstance(x, dict):
+        return {k: _json_ready(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_ready(v) for v in x]
+    if hasattr(x, "item") and not isinstance(x, (str, bytes)):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -372,7 +372,12 @@ def _solve(network, parts, k, weights, cap, num_parts, tool, epsilon, seed, thre
     if h.num_nets == 0:  # nothing to gain: any balanced assignment will do
         p = _contiguous(weights, num_parts)
     else:
-        p = _kahypar.solve_layer(h, weights, cap, tool, epsilon, seed, threads)
+        try:
+            p = _kahypar.solve_layer(h, weights, cap, tool, epsilon, seed, threads)
+        except _kahypar.ToolError as e:
+            raise _kahypar.ToolError(
+                f"layer {k} ({weights.size} neurons, {h.num_nets} nets, {num_parts} parts): {e}"
+            ) from None
     p = repair_balance(weights, p, cap, num_parts, gains=h.move_gains, layer=k)
     if h.num_nets:
         p = refine_layer(h, weights, p, cap, rounds=8)
