@@ -705,8 +705,8 @@ def main(argv: list[str] | None = None) -> int:
         msg = _os_message(e) if isinstance(e, OSError) else str(e)
         print(f"jaxsdnn {command}: error: {' '.join(msg.split()) if chr(10) in msg else msg}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"jaxsdnn {command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # train saves a checkpoint first and says where
+        print(f"jaxsdnn {command}: {str(e) or 'interrupted'}", file=sys.stderr)
         return 130
     except MemoryError:
         print(f"jaxsdnn {command}: error: out of memory (an input or size too large for this machine)", file=sys.stderr)
