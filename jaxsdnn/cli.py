@@ -363,6 +363,14 @@ def _default_bias(args, neurons: int) -> float:
         ) from None
 
 
+def _flag_words(message: str, parts_flag: str) -> str:
+    """The partitioner's argument names as the CLI's flags."""
+    for word, flag in (("num_parts=", f"{parts_flag} "), ("epsilon=", "--epsilon "), ("seed=", "--seed "),
+                       ("threads=", "--threads ")):
+        message = message.replace(word, flag)
+    return message
+
+
 def _network_files(args) -> list:
     """The layer files ``--network`` holds (``--layers`` checked against them), before reading any."""
     from jaxsdnn import io
@@ -447,8 +455,11 @@ def _cmd_partition(args) -> dict:
     _check_outputs({"--out": args.out}, {"--network": _network_files(args)})
     net = _read_network(args)
     t0 = time.perf_counter()
-    part = partition.partition_network(net, args.parts, method=args.method, epsilon=args.epsilon,
-                                       seed=args.seed, threads=args.threads)
+    try:
+        part = partition.partition_network(net, args.parts, method=args.method, epsilon=args.epsilon,
+                                           seed=args.seed, threads=args.threads)
+    except ValueError as e:
+        raise ValueError(_flag_words(str(e), "--parts")) from None
     seconds = time.perf_counter() - t0
     partition.save_partition(args.out, part)
     m = metrics.partition_metrics(net, part)
@@ -494,7 +505,7 @@ def _cmd_infer(args) -> dict:
         try:
             part = partition.partition_network(net, model, method=args.method or "kahypar", seed=args.seed)
         except ValueError as e:
-            raise ValueError(f"--devices {model}: {e}") from None
+            raise ValueError(_flag_words(str(e), "--devices")) from None
     facts = {  # multi-host: every process must agree on these before the first collective
         "network": net.fingerprint()[:16], "values": _digest(*(w.data for w in net.weights), *net.biases),
         "images": int(images.shape[0]), "images_digest": _digest(images.indptr, images.indices, images.data),

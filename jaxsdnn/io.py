@@ -53,8 +53,9 @@ _MAX_INDEX = 2**31 - 1
 
 
 def _memory_bytes() -> int:
+    """This machine's available memory (physical, not yet used)."""
     try:
-        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_AVPHYS_PAGES"))
     except (ValueError, OSError, AttributeError):
         return 1 << 62
 
@@ -62,8 +63,8 @@ def _memory_bytes() -> int:
 def _check_fits(what: str, nbytes: int) -> None:
     """Refuses, before allocating, what would need more than this machine's memory."""
     if nbytes > _memory_bytes():
-        raise ValueError(f"{what} would need {nbytes / 2**30:,.1f} GiB of memory, more than this machine's "
-                         f"{_memory_bytes() / 2**30:,.1f} GiB")
+        raise ValueError(f"{what} would need {nbytes / 2**30:,.1f} GiB of memory, more than the "
+                         f"{_memory_bytes() / 2**30:,.1f} GiB this machine has available")
 
 
 def graphchallenge_bias(neurons: int) -> float:
@@ -553,9 +554,14 @@ def read_images(
         )
         if rows.size:
             i = int(np.argmax(rows))
-            _check_fits(f"{path}:{_record_lines(lines)[i]}: image row {rows[i] + 1} ({shape[0]} images)",
-                        16 * (shape[0] + 1))
+            # the images' row pointers, and the [images, features] float32 activations of inference
+            _check_fits(f"{path}:{_record_lines(lines)[i]}: image row {rows[i] + 1} ({shape[0]} images of "
+                        f"{shape[1]} features)", 16 * (shape[0] + 1) + 4 * shape[0] * shape[1])
         return sp.csr_array((values, (rows, cols)), shape=shape)
+    header = _mtx_header(path)
+    if header is not None and num_features is not None:
+        _check_fits(f"{path}:{header[3]}: {header[0]} images of {num_features} features",
+                    16 * (header[0] + 1) + 4 * header[0] * num_features)
     coo = _read_mtx(path)
     shape = list(coo.shape)
     for axis, (limit, index) in enumerate(((num_images, coo.row), (num_features, coo.col))):

@@ -357,7 +357,8 @@ def _check_arguments(network: SparseNetwork, num_parts, method, epsilon, seed, t
         raise ValueError(f"num_parts={num_parts!r} must be an integer >= 1")
     for k, n in enumerate(network.sizes):
         if num_parts > n:
-            raise ValueError(f"num_parts={num_parts} is larger than layer {k}, which has {n} neurons")
+            what = f"layer {k} (the input features)" if k == 0 else f"layer {k}"
+            raise ValueError(f"num_parts={num_parts} is larger than {what}, which has {n} neurons")
     if not (isinstance(epsilon, (int, float, np.floating)) and 0.0 < float(epsilon) < 1.0):
         raise ValueError(f"epsilon={epsilon!r} must be in (0, 1)")
     if not _is_int(seed) or seed < 0:
