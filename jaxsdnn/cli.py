@@ -11,6 +11,7 @@ import argparse
 import json
 import math
 import os
+import re
 import signal
 import sys
 import time
@@ -239,12 +240,18 @@ def _setup_devices(args, needed: int, facts: dict | None = None):
         jax.config.update("jax_num_cpu_devices", local)
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         try:
+            seconds = max(1, math.ceil(args.init_timeout))
             jax.distributed.initialize(
                 args.coordinator,
                 args.num_processes,
                 args.process_id,
-                initialization_timeout=max(1, math.ceil(args.init_timeout)),
+                initialization_timeout=seconds,
+                heartbeat_timeout_seconds=max(10, seconds),  # a peer that died is noticed within this
+                shutdown_timeout_seconds=max(10, seconds),  # and the exit does not wait longer for it
             )
+            _STATE["distributed"] = True
+            print(f"joined the multi-host run at {args.coordinator} as process {args.process_id} of "
+                  f"{args.num_processes}", file=sys.stderr, flush=True)
         except Exception as e:  # the runtime raises plain RuntimeError / XlaRuntimeError
             raise UsageError(
                 f"could not join the multi-host run at {args.coordinator} as process {args.process_id} of "
@@ -700,7 +707,91 @@ def _os_message(e: OSError) -> str:
     return f"{where}: {e.strerror or e}" if where else str(e)
 
 
+_STATE = {"distributed": False}
+
+# A native log line of the distributed runtime (absl: "F1202 04:54:35.407157  10070 client.h:80] ..."),
+# or the stack dump that follows a fatal one.
+_NATIVE_LOG = re.compile(r"^([EFWI]\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ \S+:\d+\]|\*\*\* Check failure|\s+@\s+0x)")
+
+
+def _wants_supervisor(argv: list[str] | None) -> bool:
+    """Multi-host infer / train runs under a supervisor process, unless they already are."""
+    if os.environ.get("JAXSDNN_SUPERVISED") == "1":
+        return False
+    words = sys.argv[1:] if argv is None else list(argv)
+    if not words or words[0] not in ("infer", "train"):
+        return False
+    return any(w == "--coordinator" or w.startswith("--coordinator=") for w in words) or bool(
+        os.environ.get("JAXSDNN_COORDINATOR"))
+
+
+def _supervise(argv: list[str] | None) -> int:
+    """Runs this command in a child process and turns its native end into one line.
+
+    The distributed runtime ends a process with a fatal native log line and a stack dump (SIGABRT)
+    when a peer dies mid-run (missed heartbeats) or never registers; no Python code runs then.
+    The child's stderr passes through until the first native log line; from then on it is held
+    back, and if the child dies of a signal or exits with an error, one line says why.
+    """
+    import subprocess
+
+    words = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    command = words[0]
+    env = dict(os.environ, JAXSDNN_SUPERVISED="1")
+    child = subprocess.Popen([sys.executable, "-m", "jaxsdnn.cli", *words], env=env, stderr=subprocess.PIPE)
+
+    def forward(signum, frame):  # SIGTERM / SIGHUP reach the child; it ends, then so does this process
+        if child.poll() is None:
+            child.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the child gets Ctrl-C itself
+    held: list[str] = []
+    try:
+        for raw in iter(child.stderr.readline, b""):
+            line = raw.decode("utf-8", "replace")
+            if held or _NATIVE_LOG.match(line):
+                held.append(line.rstrip("\n"))
+            else:
+                sys.stderr.write(line)
+                sys.stderr.flush()
+        code = child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    ours = [x for x in held if x.startswith(f"jaxsdnn {command}:")]
+    if code == 0 or (code > 0 and not held):  # done, or the child's own one-line error went through
+        return code
+    if ours:  # the child said it in its own line, before or among the runtime's
+        print(ours[-1], file=sys.stderr)
+        return code if code > 0 else 1
+    fatal = next((x for x in held if x.startswith("F")), None) or next((x for x in held if x.startswith("E")), "")
+    reason = fatal.split("] ", 1)[1] if "] " in fatal else fatal
+    if held and not reason:
+        reason = held[0]
+    how = f"was killed by signal {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
+    if code < 0 and -code in (signal.SIGTERM, signal.SIGHUP, signal.SIGKILL) and not held:
+        return 128 - code
+    if "another task died" in reason:
+        reason = "another process of the multi-host run died or stopped responding"
+    print(f"jaxsdnn {command}: error: the distributed runtime ended this process ({how})"
+          + (f": {' '.join(reason.split())[:400]}" if reason else ""), file=sys.stderr)
+    return 1
+
+
 def main(argv: list[str] | None = None) -> int:
+    if _wants_supervisor(argv):
+        return _supervise(argv)
+    code = _main(argv)
+    if code and _STATE["distributed"]:
+        # The runtime's exit handler waits (minutes) for peers that may be gone: end now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     command = "?"
     try:
         args = build_parser().parse_args(argv)

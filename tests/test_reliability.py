@@ -230,6 +230,33 @@ def test_processes_with_different_networks_both_fail_in_one_line(tmp_path):
     assert not (tmp_path / "c0.tsv").exists()
 
 
+@pytest.mark.slow
+def test_a_peer_that_dies_mid_run_ends_process_0_in_one_line(tmp_path):
+    """SIGTERM ends a process (the runtime's preemption handler does not swallow it), and its
+    peer, whose runtime aborts with a native stack dump, reports one line within the heartbeat."""
+    port = _free_port()
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    procs = []
+    for pid in (0, 1):
+        args = ["infer", "--network", NETWORK, "--images", IMAGES, "--data-parallel", 2, "--out", tmp_path / f"c{pid}",
+                "--coordinator", f"127.0.0.1:{port}", "--num-processes", 2, "--process-id", pid, "--init-timeout", 20]
+        procs.append(subprocess.Popen([sys.executable, "-m", "jaxsdnn.cli", *map(str, args)], cwd=REPO, env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for p in procs:  # wait until both have joined; the 120 layers then take several seconds
+        line = p.stderr.readline()
+        assert line.startswith("joined the multi-host run"), line + p.stderr.read()[-2000:]
+    time.sleep(1)
+    assert procs[1].poll() is None and procs[0].poll() is None
+    procs[1].send_signal(signal.SIGTERM)
+    _, err1 = procs[1].communicate(timeout=30)
+    assert procs[1].returncode == 128 + signal.SIGTERM, err1[-2000:]
+    t0 = time.monotonic()
+    _, err0 = procs[0].communicate(timeout=90)
+    assert procs[0].returncode == 1
+    assert "another process of the multi-host run died" in one_line_error(err0)
+    assert time.monotonic() - t0 < 60
+
+
 # ----------------------------------------------------------------------------------------------
 # 3. outputs never destroy inputs or special files
 # ----------------------------------------------------------------------------------------------
@@ -447,7 +474,7 @@ def test_ctrl_c_ends_in_one_line_with_a_usable_checkpoint(tmp_path):
     run_dir = tmp_path / "r"
     cfg = tmp_path / "defaults.yaml"
     cfg.write_text("{}\n")
-    args = ["train", cfg, *sum((["--set", s] for s in TINY_TRAIN), []), "--set", "train.epochs=1000",
+    args = ["train", "--config", cfg, *sum((["--set", s] for s in TINY_TRAIN), []), "--set", "train.epochs=1000",
             "--set", "train.checkpoint_every=0", "--run-dir", run_dir, "--json"]
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     p = subprocess.Popen([sys.executable, "-m", "jaxsdnn.cli", *map(str, args)], cwd=REPO, env=env,
