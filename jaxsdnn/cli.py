@@ -1,8 +1,16 @@
 """The ``jaxsdnn`` command line: generate, partition, infer, train.
 
 Device setup (simulated CPU devices, ``jax.distributed``) happens here, before JAX starts its
-backend, never at import of the library. Errors in the input become one line on stderr and exit
-status 2; ``--json`` makes the last line of stdout one JSON object.
+backend, never at import of the library. Every argument, input and output location is checked
+before any work; outputs never replace an input, each other or a non-regular file. Errors become
+one line on stderr: exit status 2 for bad input, 1 for the runtime, 130 for Ctrl-C; ``--json``
+makes the last line of stdout one strict-JSON object.
+
+Multi-host (``--coordinator``): before the distributed runtime starts, every process checks in
+with process 0 on the coordinator port (a rendezvous with its own deadline, ``--init-timeout``),
+which refuses a missing peer, a taken port, or processes whose network, images or partition
+differ; the command itself runs in a child process, so that the runtime's native abort (a peer
+that dies mid-run) still ends in one line.
 """
 
 from __future__ import annotations
