@@ -71,14 +71,15 @@ def graphchallenge_bias(neurons: int) -> float:
     """The Graph Challenge bias of every neuron of a network with ``neurons`` per layer.
 
     Raises:
-        ValueError: for a size the challenge does not define (give a bias explicitly instead).
+        ValueError: for a size the challenge does not define (pass an explicit bias instead;
+            the CLI asks for ``--bias`` itself).
     """
     try:
         return _BIAS[int(neurons)]
     except KeyError:
         raise ValueError(
             f"no Graph Challenge bias for {neurons} neurons per layer (defined for "
-            f"{', '.join(map(str, _BIAS))}); give the bias explicitly"
+            f"{', '.join(map(str, _BIAS))}); pass bias= explicitly"
         ) from None
 
 
