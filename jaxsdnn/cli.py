@@ -221,7 +221,8 @@ def _peer_rendezvous(address: str, process_id: int, num_processes: int, facts: d
 def _setup_devices(args, needed: int, facts: dict | None = None):
     """Initialises JAX for ``needed`` devices; returns the device list to build the mesh from.
 
-    Multi-host: ``facts`` (JSON values) must be equal on every process, else every process fails.
+    Multi-host: ``facts`` (a dict of JSON values, or a function returning one) must be equal on
+    every process, else every process fails.
     """
     import jax
 
@@ -240,7 +241,7 @@ def _setup_devices(args, needed: int, facts: dict | None = None):
             raise UsageError(f"{needed} devices cannot be split evenly over {args.num_processes} processes")
         _split_address(args.coordinator)
         local = needed // args.num_processes
-        facts = dict(facts or {}, devices=needed)
+        facts = dict((facts() if callable(facts) else facts) or {}, devices=needed)
         if args.process_id == 0:
             _host_rendezvous(args.coordinator, args.num_processes, facts, args.init_timeout)
         else:
@@ -521,12 +522,14 @@ def _cmd_infer(args) -> dict:
             part = partition.partition_network(net, model, method=args.method or "kahypar", seed=args.seed)
         except ValueError as e:
             raise ValueError(_flag_words(str(e), "--devices")) from None
-    facts = {  # multi-host: every process must agree on these before the first collective
-        "network": net.fingerprint()[:16], "values": _digest(*(w.data for w in net.weights), *net.biases),
-        "images": int(images.shape[0]), "images_digest": _digest(images.indptr, images.indices, images.data),
-        "partition": None if part is None else _digest(*part.parts), "batch_size": args.batch_size,
-        "data_parallel": args.data_parallel,
-    }
+    def facts() -> dict:  # multi-host: every process must agree on these before the first collective
+        return {
+            "network": net.fingerprint()[:16], "values": _digest(*(w.data for w in net.weights), *net.biases),
+            "images": int(images.shape[0]), "images_digest": _digest(images.indptr, images.indices, images.data),
+            "partition": None if part is None else _digest(*part.parts), "batch_size": args.batch_size,
+            "data_parallel": args.data_parallel,
+        }
+
     devices = _setup_devices(args, model * args.data_parallel, facts)
 
     from jaxsdnn import engine, sharded
