@@ -158,9 +158,12 @@ def _host_rendezvous(address: str, num_processes: int, facts: dict, timeout: flo
             elif pid in peers:
                 problems.append(f"two processes were started with --process-id {pid}")
             else:
-                diff = _differences(facts, hello.get("facts") or {})
+                theirs = hello.get("facts") or {}
+                diff = _differences(facts, theirs)
                 if diff:
-                    problems.append(f"process {pid} has different inputs: {'; '.join(diff)}")
+                    hint = ("; make one with `jaxsdnn partition` and give every process --partition FILE"
+                            if facts.get("partition") != theirs.get("partition") and len(diff) == 1 else "")
+                    problems.append(f"process {pid} has different inputs: {'; '.join(diff)}{hint}")
             peers.setdefault(pid if isinstance(pid, int) else -len(peers) - 1, (conn, hello))
         if not problems and len(peers) < num_processes - 1:
             missing = [str(i) for i in range(1, num_processes) if i not in peers]
