@@ -11,6 +11,7 @@ import contextlib
 import errno
 import os
 import secrets
+import stat
 from collections.abc import Iterator
 from typing import IO
 
@@ -48,7 +49,9 @@ def _fsync_directory(directory: str) -> None:
 def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     """Opens ``path`` for writing so that it is replaced atomically when the block exits cleanly.
 
-    Text modes write UTF-8 with ``\\n`` line endings on every platform.
+    Text modes write UTF-8 with ``\\n`` line endings on every platform. A symlink is written
+    through (its target is replaced, the link stays); a directory, device, FIFO or socket at
+    ``path`` is refused (``OSError`` naming ``path``), never replaced by a regular file.
 
     Args:
         path: the destination file; its directory must exist.
@@ -66,10 +69,11 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     """
     if mode not in _MODES:
         raise ValueError(f"atomic_write: mode {mode!r} is not one of {_MODES}")
-    path = os.fspath(path)
+    given = os.fspath(path)
+    path = _destination(given)
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
-        raise FileNotFoundError(errno.ENOENT, f"no such directory {directory!r} to write into", path)
+        raise FileNotFoundError(errno.ENOENT, f"no such directory {directory!r} to write into", given)
     fd, tmp = _create_temp(path)
     try:
         if "b" in mode:
@@ -80,9 +84,32 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            _destination(given)  # still a regular file (or nothing) at the moment of the rename
+            os.replace(tmp, path)
+        except OSError as e:  # name the user's path, never the temporary file
+            if e.errno is None or e.filename == given:
+                raise
+            raise type(e)(e.errno, e.strerror, given) from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
     _fsync_directory(os.path.dirname(os.path.abspath(path)))
+
+
+def _destination(path: str) -> str:
+    """Where the new content goes: ``path``, or the target of a symlink (written through, the link
+    stays). Refuses a directory, device, FIFO or socket, which a rename would replace."""
+    target = os.path.realpath(path) if os.path.islink(path) else path
+    try:
+        mode = os.stat(target).st_mode
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise FileNotFoundError(errno.ENOENT, f"symlink to a missing {os.readlink(path)!r}", path) from None
+        return target
+    if not stat.S_ISREG(mode):
+        what = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+        raise IsADirectoryError(errno.EISDIR if stat.S_ISDIR(mode) else errno.EINVAL,
+                                f"is {what}; refusing to replace it", path)
+    return target

@@ -13,7 +13,7 @@ Measured with kahypar 1.3.7 and mtkahypar 1.7 (see ``partition.py`` for the whol
   permutes the vertex order instead. It is 5 to 10x slower than KaHyPar on these layers;
 * the kahypar wheel ships no ``.ini``: :data:`KM1_CONFIG` is KaHyPar's published direct k-way
   km1 configuration (``km1_kKaHyPar_sea20.ini``, with fewer initial-partitioning runs); a
-  missing or misspelled key ends the Python process, so the tests run it in a subprocess.
+  missing or misspelled key ends the process (the worker's, see below).
 
 References:
     Schlag et al., "High-Quality Hypergraph Partitioning", ACM JEA 2022 (KaHyPar, the sea20
@@ -25,15 +25,23 @@ from __future__ import annotations
 
 import atexit
 import os
+import pickle
+import re
 import shutil
+import struct
+import subprocess
+import sys
 import tempfile
+import threading
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from jaxsdnn.hypergraph import LayerHypergraph, build_hypergraph
-from jaxsdnn.network import SparseNetwork
+if TYPE_CHECKING:  # the worker process loads this file alone, without the package
+    from jaxsdnn.hypergraph import LayerHypergraph
+    from jaxsdnn.network import SparseNetwork
 
-__all__ = ["KM1_CONFIG", "TOOLS", "partition_unconstrained", "solve_layer"]
+__all__ = ["KM1_CONFIG", "TOOLS", "ToolError", "partition_unconstrained", "solve_layer"]
 
 TOOLS = ("kahypar", "mtkahypar")
 
@@ -137,11 +145,17 @@ def _mt_initializer(threads: int):
 def _tool_weights(weights: np.ndarray, caps: int, num_parts: int, epsilon: float) -> tuple[list, list]:
     """Vertex weights (free vertices, then one per anchor) and block caps the tools accept."""
     w = np.maximum(weights, 1)
-    cap = max(int(caps), int(np.floor((1.0 + epsilon) * w.sum() / num_parts)), int(w.max(initial=1)))
+    total = int(w.sum())
+    # Raising zero weights to 1 can lift the total above P times the caller's cap (computed on
+    # the real weights): KaHyPar then exits the process ("Sum of individual part weights is
+    # less than sum of vertex weights"). Every cap is at least ceil(total / P), so they sum to
+    # at least the total.
+    cap = max(int(caps), int(np.floor((1.0 + epsilon) * total / num_parts)), -(-total // num_parts),
+              int(w.max(initial=1)))
     return w.tolist() + [1] * num_parts, [cap + 1] * num_parts
 
 
-def _solve_mtkahypar(h: LayerHypergraph, vertex_weights, block_caps, epsilon, seed, threads) -> np.ndarray:
+def _solve_mtkahypar(h, vertex_weights, block_caps, epsilon, seed, threads) -> np.ndarray:
     import mtkahypar
 
     init = _mt_initializer(threads)
@@ -166,7 +180,7 @@ def _solve_mtkahypar(h: LayerHypergraph, vertex_weights, block_caps, epsilon, se
     return result[label[:n]]
 
 
-def _solve_kahypar(h: LayerHypergraph, vertex_weights, block_caps, epsilon, seed) -> np.ndarray:
+def _solve_kahypar(h, vertex_weights, block_caps, epsilon, seed) -> np.ndarray:
     import kahypar
 
     n, P = h.num_free, h.num_parts
@@ -189,10 +203,169 @@ def _solve_kahypar(h: LayerHypergraph, vertex_weights, block_caps, epsilon, seed
     return result[:n]
 
 
+class _Layer:
+    """The parts of a :class:`LayerHypergraph` the tools read (what crosses to the worker)."""
+
+    def __init__(self, num_free, num_parts, net_ptr, net_pins, net_weights):
+        self.num_free, self.num_parts = int(num_free), int(num_parts)
+        self.net_ptr, self.net_pins, self.net_weights = net_ptr, net_pins, net_weights
+        self.num_nets = int(net_ptr.size - 1)
+
+
+def _solve_here(request: dict) -> np.ndarray:
+    """Runs one tool call in this process (the worker's side)."""
+    h = _Layer(*request["layer"])
+    if request["tool"] == "mtkahypar":
+        return _solve_mtkahypar(h, request["vertex_weights"], request["block_caps"], request["epsilon"],
+                                request["seed"], request["threads"])
+    return _solve_kahypar(h, request["vertex_weights"], request["block_caps"], request["epsilon"], request["seed"])
+
+
+# -- the worker process --------------------------------------------------------------------
+# Both tools end the whole process on input they reject (KaHyPar: exit(255), its message on
+# stdout; Mt-KaHyPar: a multi-line coloured message, then exit), and a native crash cannot be
+# caught. Every call therefore runs in one long-lived worker process (started on first use,
+# ~0.2 s: it loads only this file, NumPy and the tools, not the package or JAX); requests and
+# answers are pickles over pipes. When the worker dies, the call raises a ValueError carrying
+# the tool's own message on one line, and the next call starts a fresh worker.
+# JAXSDNN_PARTITION_WORKER=0 runs the tools in this process instead (debugging only).
+
+_WORKER_LOCK = threading.Lock()
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_TOOL_NAMES = {"kahypar": "KaHyPar", "mtkahypar": "Mt-KaHyPar"}
+_BOOT = (
+    "import importlib.util, sys\n"
+    "spec = importlib.util.spec_from_file_location('_jaxsdnn_kahypar_worker', sys.argv[1])\n"
+    "module = importlib.util.module_from_spec(spec)\n"
+    "spec.loader.exec_module(module)\n"
+    "module._serve()\n"
+)
+
+
+class ToolError(ValueError):
+    """KaHyPar or Mt-KaHyPar ended its worker process (the tool rejected the input, or crashed)."""
+
+
+def _send(f, obj) -> None:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    f.write(struct.pack("<Q", len(data)))
+    f.write(data)
+    f.flush()
+
+
+def _recv(f):
+    head = f.read(8)
+    if len(head) < 8:
+        raise EOFError
+    (size,) = struct.unpack("<Q", head)
+    data = f.read(size)
+    if len(data) < size:
+        raise EOFError
+    return pickle.loads(data)
+
+
+def _serve() -> None:
+    """The worker's loop: answers requests on stdin until it closes. Native output goes to stderr."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    requests = os.fdopen(0, "rb")
+    answers = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # what the tools print (KaHyPar's reason for exiting) lands in the parent's log
+    sys.stdout = sys.stderr
+    while True:
+        try:
+            request = _recv(requests)
+        except EOFError:
+            return
+        try:
+            answer = ("ok", _solve_here(request))
+        except Exception as e:  # a Python-level failure of the bindings: the parent raises it
+            answer = ("error", f"{type(e).__name__}: {e}")
+        sys.stderr.flush()
+        _send(answers, answer)
+
+
+class _Worker:
+    def __init__(self):
+        self.log = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _BOOT, os.path.abspath(__file__)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
+        )
+        self.threads = None
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()
+                self.proc.wait(timeout=2)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.log.close()
+
+    def message(self) -> str:
+        """The tool's output since the worker started, as one line."""
+        self.log.seek(0)
+        return _one_line(self.log.read()[-4000:].decode("utf-8", "replace"))
+
+
+def _one_line(text: str) -> str:
+    """A tool's (possibly multi-line, colour-coded) message as one plain line."""
+    lines = [" ".join(x.split()) for x in _ANSI.sub("", text).splitlines()]
+    return "; ".join(x for x in lines if x)[-600:]
+
+
+def _close_worker() -> None:
+    worker = _STATE.pop("worker", None)
+    if worker is not None:
+        worker.close()
+
+
+atexit.register(_close_worker)
+
+
+def _call_worker(request: dict) -> np.ndarray:
+    name = _TOOL_NAMES[request["tool"]]
+    with _WORKER_LOCK:
+        worker = _STATE.get("worker")
+        if worker is None or not worker.alive():
+            _STATE["worker"] = worker = _Worker()
+        try:
+            _send(worker.proc.stdin, request)
+            status, value = _recv(worker.proc.stdout)
+        except (EOFError, OSError, pickle.UnpicklingError):
+            code = worker.proc.wait()
+            message = worker.message()
+            worker.kill()
+            _STATE.pop("worker", None)
+            how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+            raise ToolError(f"{name} {how}" + (f": {message}" if message else "")) from None
+        except BaseException:  # Ctrl-C mid-call: the worker's state is unknown, start afresh next time
+            worker.kill()
+            _STATE.pop("worker", None)
+            raise
+    if status != "ok":
+        raise ToolError(f"{name} failed: {_one_line(value)}")
+    return value
+
+
 def solve_layer(
     h: LayerHypergraph, weights: np.ndarray, cap: int, tool: str, epsilon: float, seed: int, threads: int = 1
 ) -> np.ndarray:
     """Partitions the free vertices of a layer hypergraph with KaHyPar or Mt-KaHyPar.
+
+    The tool runs in a worker process, so that its exit on input it rejects cannot end this one.
 
     Args:
         h: the layer's hypergraph (``h.num_parts >= 2``, at least one net).
@@ -205,13 +378,29 @@ def solve_layer(
 
     Returns:
         ``[n]`` int64 device of every free vertex, in ``[0, P)``; loads may exceed ``cap``.
+
+    Raises:
+        ToolError: (a ``ValueError``) the tool ended its process or raised; the message is the tool's.
     """
+    if tool not in TOOLS:
+        raise ValueError(f"unknown tool {tool!r}, expected one of {TOOLS}")
     vertex_weights, block_caps = _tool_weights(weights, cap, h.num_parts, epsilon)
-    if tool == "mtkahypar":
-        return _solve_mtkahypar(h, vertex_weights, block_caps, epsilon, seed, threads)
-    if tool == "kahypar":
-        return _solve_kahypar(h, vertex_weights, block_caps, epsilon, seed)
-    raise ValueError(f"unknown tool {tool!r}, expected one of {TOOLS}")
+    request = {
+        "tool": tool,
+        "layer": (h.num_free, h.num_parts, np.asarray(h.net_ptr, np.int64), np.asarray(h.net_pins, np.int64),
+                  np.asarray(h.net_weights, np.int64)),
+        "vertex_weights": vertex_weights,
+        "block_caps": block_caps,
+        "epsilon": float(epsilon),
+        "seed": int(seed),
+        "threads": int(threads),
+    }
+    if os.environ.get("JAXSDNN_PARTITION_WORKER", "1") == "0":
+        return _solve_here(request)
+    result = np.asarray(_call_worker(request), dtype=np.int64)
+    if result.shape != (h.num_free,) or (result.size and (result.min() < 0 or result.max() >= h.num_parts)):
+        raise ToolError(f"{_TOOL_NAMES[tool]} returned an invalid partition (shape {result.shape})")
+    return result
 
 
 def partition_unconstrained(
@@ -226,6 +415,8 @@ def partition_unconstrained(
         ``L + 1`` int64 arrays, the device of every neuron of every layer.
     """
     import mtkahypar
+
+    from jaxsdnn.hypergraph import build_hypergraph
 
     hg = build_hypergraph(network)
     init = _mt_initializer(threads)

@@ -1,15 +1,26 @@
 """The ``jaxsdnn`` command line: generate, partition, infer, train.
 
 Device setup (simulated CPU devices, ``jax.distributed``) happens here, before JAX starts its
-backend, never at import of the library. Errors in the input become one line on stderr and exit
-status 2; ``--json`` makes the last line of stdout one JSON object.
+backend, never at import of the library. Every argument, input and output location is checked
+before any work; outputs never replace an input, each other or a non-regular file. Errors become
+one line on stderr: exit status 2 for bad input, 1 for the runtime, 130 for Ctrl-C; ``--json``
+makes the last line of stdout one strict-JSON object.
+
+Multi-host (``--coordinator``): before the distributed runtime starts, every process checks in
+with process 0 on the coordinator port (a rendezvous with its own deadline, ``--init-timeout``),
+which refuses a missing peer, a taken port, or processes whose network, images or partition
+differ; the command itself runs in a child process, so that the runtime's native abort (a peer
+that dies mid-run) still ends in one line.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
+import signal
 import sys
 import time
 
@@ -35,7 +46,7 @@ def _add_device_args(p: argparse.ArgumentParser, parallel: bool = True) -> None:
                    help="processes in a multi-host run (env JAXSDNN_NUM_PROCESSES)")
     g.add_argument("--process-id", type=int, default=None,
                    help="this process's id in [0, num-processes) (env JAXSDNN_PROCESS_ID)")
-    g.add_argument("--init-timeout", type=int, default=60,
+    g.add_argument("--init-timeout", type=_positive_seconds, default=60.0,
                    help="seconds to wait for the other processes / the coordinator (default 60)")
 
 
@@ -49,33 +60,173 @@ def _env_int(name: str) -> int | None:
         raise UsageError(f"environment variable {name}={v!r} is not an integer") from None
 
 
-def _wait_for_coordinator(address: str, timeout: float) -> None:
-    """Fails with a clear message if nothing listens at ``address`` within ``timeout`` seconds.
+def _positive_seconds(v: str) -> float:
+    try:
+        t = float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {v!r}") from None
+    if not (t > 0 and math.isfinite(t)) or t > 86400:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds in (0, 86400], got {v}")
+    return t
 
-    The distributed runtime aborts the whole process (no exception) when it cannot reach the
-    coordinator, so the other processes probe it first.
-    """
+
+def _split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--coordinator {address!r}: expected HOST:PORT with a port in [1, 65535]")
+    return host.strip("[]"), int(port)
+
+
+# -- the rendezvous: every process checks in with process 0 before the distributed runtime starts.
+# The runtime aborts the process (SIGABRT and a native stack dump, no exception) when a peer never
+# registers or the port is taken, and processes that disagree on the network, the images or the
+# partition enter mismatched collectives and hang for ever. So process 0 first listens on the
+# coordinator port itself, every other process sends it a JSON line with its id and a summary of
+# its inputs (``facts``), and process 0 answers everyone "go" only when all have come within
+# --init-timeout and agree; otherwise every process ends with one line. Process 0 then closes the
+# port and starts the runtime's service on it.
+def _send_line(conn, obj) -> None:
+    conn.sendall((json.dumps(obj) + "\n").encode())
+
+
+def _recv_line(conn, deadline: float) -> dict | None:
+    """One JSON line from ``conn`` before ``deadline``; None on timeout, EOF or garbage."""
     import socket
 
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise UsageError(f"--coordinator {address!r}: expected HOST:PORT")
+    data = b""
+    while b"\n" not in data:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        conn.settimeout(min(left, 1.0))
+        try:
+            chunk = conn.recv(65536)
+        except socket.timeout:
+            continue
+        except OSError:
+            return None
+        if not chunk:
+            return None
+        data += chunk
+        if len(data) > 1 << 20:
+            return None
+    try:
+        obj = json.loads(data.split(b"\n", 1)[0])
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _differences(mine: dict, theirs: dict) -> list[str]:
+    keys = sorted(set(mine) | set(theirs))
+    return [f"{k} {theirs.get(k)!r} (process 0: {mine.get(k)!r})" for k in keys if mine.get(k) != theirs.get(k)]
+
+
+def _host_rendezvous(address: str, num_processes: int, facts: dict, timeout: float) -> None:
+    import socket
+
+    _, port = _split_address(address)
+    try:
+        if socket.has_dualstack_ipv6():
+            server = socket.create_server(("", port), family=socket.AF_INET6, dualstack_ipv6=True, reuse_port=False)
+        else:
+            server = socket.create_server(("", port))
+    except OSError as e:
+        raise UsageError(
+            f"--coordinator {address}: cannot listen on port {port} ({e.strerror or e}); is another program "
+            "(or another run) using it? Choose a free port"
+        ) from None
     deadline = time.monotonic() + timeout
+    peers: dict[int, tuple] = {}  # process id -> (connection, facts)
+    problems: list[str] = []
+    try:
+        server.settimeout(0.25)
+        while len(peers) < num_processes - 1 and not problems and time.monotonic() < deadline:
+            try:
+                conn, _ = server.accept()
+            except socket.timeout:
+                continue
+            hello = _recv_line(conn, min(deadline, time.monotonic() + 5.0))
+            if hello is None or hello.get("jaxsdnn") != 1:
+                conn.close()  # not one of ours (a port scanner, a stale client): keep waiting
+                continue
+            pid, n = hello.get("process_id"), hello.get("num_processes")
+            if n != num_processes:
+                problems.append(f"process {pid} was started with --num-processes {n}, process 0 with {num_processes}")
+            elif not isinstance(pid, int) or not 0 < pid < num_processes:
+                problems.append(f"a process joined with --process-id {pid}, expected 1..{num_processes - 1}")
+            elif pid in peers:
+                problems.append(f"two processes were started with --process-id {pid}")
+            else:
+                theirs = hello.get("facts") or {}
+                diff = _differences(facts, theirs)
+                if diff:
+                    hint = ("; make one with `jaxsdnn partition` and give every process --partition FILE"
+                            if facts.get("partition") != theirs.get("partition") and len(diff) == 1 else "")
+                    problems.append(f"process {pid} has different inputs: {'; '.join(diff)}{hint}")
+            peers.setdefault(pid if isinstance(pid, int) else -len(peers) - 1, (conn, hello))
+        if not problems and len(peers) < num_processes - 1:
+            missing = [str(i) for i in range(1, num_processes) if i not in peers]
+            problems.append(
+                f"process(es) {', '.join(missing)} of {num_processes} did not join at {address} within "
+                f"{timeout:g} s (--init-timeout)"
+            )
+        answer = {"error": problems[0]} if problems else {"go": True}
+        for conn, _ in peers.values():
+            try:
+                _send_line(conn, answer)
+            except OSError:
+                pass
+        if not problems:  # let the peers close first, so the port is free for the runtime's service
+            for conn, _ in peers.values():
+                _recv_line(conn, time.monotonic() + 2.0)
+    finally:
+        for conn, _ in peers.values():
+            conn.close()
+        server.close()
+    if problems:
+        raise UsageError(problems[0])
+
+
+def _peer_rendezvous(address: str, process_id: int, num_processes: int, facts: dict, timeout: float) -> None:
+    import socket
+
+    host, port = _split_address(address)
+    deadline = time.monotonic() + timeout
+    last = None
     while True:
         try:
-            with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
-                return
+            conn = socket.create_connection((host, port), timeout=min(2.0, max(0.1, deadline - time.monotonic())))
+            break
         except OSError as e:
+            last = e
             if time.monotonic() >= deadline:
                 raise UsageError(
-                    f"could not reach the coordinator at {address} within {timeout:g} s ({e.strerror or e}); "
-                    "is process 0 running and the address right?"
+                    f"could not reach the coordinator at {address} within {timeout:g} s (--init-timeout; "
+                    f"{last.strerror or last}); is process 0 running and the address right?"
                 ) from None
             time.sleep(0.25)
+    with conn:
+        try:
+            _send_line(conn, {"jaxsdnn": 1, "process_id": process_id, "num_processes": num_processes, "facts": facts})
+        except OSError as e:
+            raise UsageError(f"lost the coordinator at {address} ({e.strerror or e})") from None
+        answer = _recv_line(conn, deadline + 2.0)
+    if answer is None:
+        raise UsageError(
+            f"no answer from the coordinator at {address} within {timeout:g} s (--init-timeout): process 0 "
+            "is not ready, or another program holds the port"
+        )
+    if "error" in answer:
+        raise UsageError(f"the multi-host run was refused: {answer['error']}")
 
 
-def _setup_devices(args, needed: int):
-    """Initialises JAX for ``needed`` devices; returns the device list to build the mesh from."""
+def _setup_devices(args, needed: int, facts: dict | None = None):
+    """Initialises JAX for ``needed`` devices; returns the device list to build the mesh from.
+
+    Multi-host: ``facts`` (a dict of JSON values, or a function returning one) must be equal on
+    every process, else every process fails.
+    """
     import jax
 
     args.coordinator = args.coordinator or os.environ.get("JAXSDNN_COORDINATOR")
@@ -91,23 +242,35 @@ def _setup_devices(args, needed: int):
             raise UsageError(f"--process-id {args.process_id} is not in [0, {args.num_processes})")
         if needed % args.num_processes:
             raise UsageError(f"{needed} devices cannot be split evenly over {args.num_processes} processes")
+        _split_address(args.coordinator)
         local = needed // args.num_processes
-        if args.process_id != 0:
-            _wait_for_coordinator(args.coordinator, args.init_timeout)
+        facts = dict((facts() if callable(facts) else facts) or {}, devices=needed)
+        if args.process_id == 0:
+            _host_rendezvous(args.coordinator, args.num_processes, facts, args.init_timeout)
+        else:
+            _peer_rendezvous(args.coordinator, args.process_id, args.num_processes, facts, args.init_timeout)
         jax.config.update("jax_num_cpu_devices", local)
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         try:
+            seconds = max(1, math.ceil(args.init_timeout))
             jax.distributed.initialize(
                 args.coordinator,
                 args.num_processes,
                 args.process_id,
-                initialization_timeout=args.init_timeout,
+                initialization_timeout=seconds,
+                heartbeat_timeout_seconds=max(10, seconds),  # a peer that died is noticed within this
+                shutdown_timeout_seconds=max(10, seconds),  # and the exit does not wait longer for it
             )
+            _STATE["distributed"] = True
+            print(f"joined the multi-host run at {args.coordinator} as process {args.process_id} of "
+                  f"{args.num_processes}", file=sys.stderr, flush=True)
         except Exception as e:  # the runtime raises plain RuntimeError / XlaRuntimeError
             raise UsageError(
                 f"could not join the multi-host run at {args.coordinator} as process {args.process_id} of "
-                f"{args.num_processes} within {args.init_timeout} s: {str(e).splitlines()[0][:300]}"
+                f"{args.num_processes} within {args.init_timeout:g} s: {str(e).splitlines()[0][:300]}"
             ) from None
+        # The runtime's preemption notifier takes SIGTERM (the process would then ignore it): give it back.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     else:
         try:
             jax.config.update("jax_num_cpu_devices", max(1, needed))
@@ -121,20 +284,17 @@ def _setup_devices(args, needed: int):
     return devices[:needed]
 
 
-def _same_on_every_process(part):
-    """Multi-host: every process uses process 0's partition (the partitioners are seeded, but a
-    mismatch would be silently wrong)."""
-    import jax
-
-    if jax.process_count() == 1:
-        return part
-    import dataclasses
+def _digest(*arrays) -> str:
+    import hashlib
 
     import numpy as np
-    from jax.experimental import multihost_utils
 
-    parts = tuple(np.asarray(multihost_utils.broadcast_one_to_all(np.asarray(p, np.int32))) for p in part.parts)
-    return dataclasses.replace(part, parts=parts)
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(str((a.dtype.str, a.shape)).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
 
 
 def _is_writer() -> bool:
@@ -144,15 +304,147 @@ def _is_writer() -> bool:
 
 
 # ----------------------------------------------------------------------------------------------
+# checks before the work
+# ----------------------------------------------------------------------------------------------
+def _kind(path: str) -> str | None:
+    """What is at ``path`` when it exists and is not a regular file ("a directory", "a FIFO", ...)."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    for test, what in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return what
+    return None if stat.S_ISREG(mode) else "not a regular file"
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _check_outputs(outputs: dict, inputs: dict) -> None:
+    """Refuses, before any work, an output that is not a writable regular-file location, or that is
+    an input or another output. An output that is a symlink is written through: its target gets
+    the new content (see :func:`jaxsdnn._atomic.atomic_write`).
+
+    Args:
+        outputs: flag -> the path the user gave (None: not written).
+        inputs: flag -> a path, or a list of paths (the layer files of ``--network``), or None.
+    """
+    import tempfile
+
+    outputs = {flag: os.fspath(path) for flag, path in outputs.items() if path is not None}
+    flat = [(flag, os.fspath(p)) for flag, paths in inputs.items() if paths is not None
+            for p in (paths if isinstance(paths, (list, tuple)) else [paths])]
+    for i, (flag, path) in enumerate(outputs.items()):
+        if path == "" or path.endswith(os.sep):
+            raise UsageError(f"{flag} {path!r}: expected a file name")
+        what = _kind(path)
+        if what is not None:
+            raise UsageError(f"{flag} {path}: is {what}, not a regular file; refusing to replace it")
+        if os.path.islink(path) and not os.path.exists(path):
+            raise UsageError(f"{flag} {path}: is a symlink to {os.readlink(path)!r}, which does not exist")
+        for in_flag, in_path in flat:
+            if _same_file(path, in_path):
+                shown = f"a layer file of --network ({in_path})" if in_flag == "--network" else f"{in_flag} {in_path}"
+                raise UsageError(f"{flag} {path}: is the same file as {shown}; refusing to overwrite an input")
+        for other_flag, other in list(outputs.items())[:i]:
+            if _same_file(path, other):
+                raise UsageError(f"{flag} {path}: is the same file as {other_flag} {other}; give two different files")
+        directory = os.path.dirname(os.path.realpath(path))
+        shown_dir = os.path.dirname(path) or "."
+        if not os.path.isdir(directory):
+            raise UsageError(f"{flag} {path}: directory {shown_dir} does not exist")
+        try:
+            with tempfile.NamedTemporaryFile(dir=directory, prefix=".jaxsdnn-write-test-"):
+                pass
+        except OSError as e:
+            raise UsageError(f"{flag} {path}: cannot write in {shown_dir} ({e.strerror or e})") from None
+
+
+def _default_bias(args, neurons: int) -> float:
+    from jaxsdnn import io
+
+    if args.bias is not None:
+        return args.bias
+    try:
+        return io.graphchallenge_bias(neurons)
+    except ValueError:
+        raise UsageError(
+            f"--network {args.network}: no Graph Challenge bias for {neurons} neurons per layer (defined for "
+            "1024, 4096, 16384, 65536); give --bias"
+        ) from None
+
+
+def _flag_words(message: str, parts_flag: str) -> str:
+    """The partitioner's argument names as the CLI's flags."""
+    for word, flag in (("num_parts=", f"{parts_flag} "), ("epsilon=", "--epsilon "), ("seed=", "--seed "),
+                       ("threads=", "--threads ")):
+        message = message.replace(word, flag)
+    return message
+
+
+def _network_files(args) -> list:
+    """The layer files ``--network`` holds (``--layers`` checked against them), before reading any."""
+    from jaxsdnn import io
+
+    neurons, files = io.find_layer_files(args.network)
+    if args.layers is not None and args.layers > len(files):
+        raise UsageError(f"--layers {args.layers}: {args.network} holds {len(files)} layers (n{neurons}-l1..l{len(files)})")
+    _default_bias(args, neurons)
+    return files
+
+
+# ----------------------------------------------------------------------------------------------
 # commands
 # ----------------------------------------------------------------------------------------------
+def _generated_bytes(neurons: int, layers: int, images: int, density: float) -> int:
+    """What ``generate`` writes, a slight overestimate: 32 edges per neuron and layer, lines
+    ``row<TAB>col<TAB>6.250000e-02``; image lines ``row<TAB>col<TAB>1``."""
+    digits = len(str(neurons))
+    layer = neurons * 32 * (2 * digits + 15)
+    image = round(density * images * neurons) * (len(str(max(images, 1))) + digits + 4)
+    return layers * layer + image
+
+
 def _cmd_generate(args) -> dict:
+    import shutil
+
     from jaxsdnn import io, radixnet
 
     if args.images < 0:
         raise UsageError(f"--images {args.images}: expected a count >= 0")
     if not 0.0 <= args.density <= 1.0:
-        raise UsageError(f"--density {args.density}: expected a fraction in [0, 1]")
+        raise UsageError(f"--density {args.density:g}: expected a fraction in [0, 1]")
+    try:
+        radixnet._block_size(args.neurons)
+    except ValueError as e:
+        raise UsageError(f"--neurons {args.neurons}: {e}") from None
+    if args.images * args.neurons * args.density > _MAX_GENERATED_ENTRIES:
+        raise UsageError(f"--images {args.images} x --neurons {args.neurons} x --density {args.density:g}: more than "
+                         f"{_MAX_GENERATED_ENTRIES:.0e} image entries; generate fewer")
+    out_dir = os.path.abspath(args.out)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise UsageError(f"--out {args.out}: exists and is not a directory")
+    existing = out_dir
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.access(existing, os.W_OK):
+        raise UsageError(f"--out {args.out}: cannot write in {existing}")
+    need = _generated_bytes(args.neurons, args.layers, args.images, args.density)
+    free = shutil.disk_usage(existing).free
+    if need > free:
+        raise UsageError(f"--out {args.out}: the network and images need about {need / 1e6:,.1f} MB but only "
+                         f"{free / 1e6:,.1f} MB are free there")
+    images_path = os.path.join(args.out, f"sparse-images-{args.neurons}.tsv")
+    if args.images:
+        _check_outputs({"--out": images_path} if os.path.isdir(out_dir) else {}, {})
     try:
         bias = args.bias if args.bias is not None else io.graphchallenge_bias(args.neurons)
     except ValueError:
@@ -161,17 +453,18 @@ def _cmd_generate(args) -> dict:
         raise UsageError(f"--neurons {args.neurons} has no Graph Challenge bias: give --bias B to count the "
                          "survivors, or --no-survivors")
     net = radixnet.radixnet(args.neurons, args.layers, seed=args.seed, bias=0.0)  # files hold no bias
+    if not args.images:
+        imgs = None
+    elif args.image_kind == "challenge":
+        imgs = radixnet.challenge_images(args.neurons, args.images, seed=args.seed)
+    else:
+        imgs = radixnet.random_images(args.neurons, args.images, args.density, seed=args.seed)
     written = io.write_network(net, args.out)
     out = {"network": str(args.out), "layers": net.num_layers, "neurons": args.neurons, "nnz": net.total_nnz,
            "files": len(written)}
-    if args.images:
-        if args.image_kind == "challenge":
-            imgs = radixnet.challenge_images(args.neurons, args.images, seed=args.seed)
-        else:
-            imgs = radixnet.random_images(args.neurons, args.images, args.density, seed=args.seed)
-        path = os.path.join(args.out, f"sparse-images-{args.neurons}.tsv")
-        io.write_images(path, imgs)
-        out.update(images=args.images, images_file=path, image_kind=args.image_kind)
+    if imgs is not None:
+        io.write_images(images_path, imgs)
+        out.update(images=args.images, images_file=images_path, image_kind=args.image_kind)
         if args.survivors:  # run the network once: how many images reach the last layer
             from jaxsdnn import engine
 
@@ -186,19 +479,28 @@ def _cmd_generate(args) -> dict:
     return out
 
 
+_MAX_GENERATED_ENTRIES = 2e9
+
+
 def _read_network(args):
     from jaxsdnn import io
 
-    return io.read_network(args.network, num_layers=args.layers, bias=args.bias)
+    neurons, _ = io.find_layer_files(args.network)
+    return io.read_network(args.network, num_layers=args.layers, bias=_default_bias(args, neurons),
+                           allow_empty=args.allow_empty_layers)
 
 
 def _cmd_partition(args) -> dict:
     from jaxsdnn import metrics, partition
 
+    _check_outputs({"--out": args.out}, {"--network": _network_files(args)})
     net = _read_network(args)
     t0 = time.perf_counter()
-    part = partition.partition_network(net, args.parts, method=args.method, epsilon=args.epsilon,
-                                       seed=args.seed, threads=args.threads)
+    try:
+        part = partition.partition_network(net, args.parts, method=args.method, epsilon=args.epsilon,
+                                           seed=args.seed, threads=args.threads)
+    except ValueError as e:
+        raise ValueError(_flag_words(str(e), "--parts")) from None
     seconds = time.perf_counter() - t0
     partition.save_partition(args.out, part)
     m = metrics.partition_metrics(net, part)
@@ -207,17 +509,6 @@ def _cmd_partition(args) -> dict:
     return {"volume": int(m["volume"]), "per_layer_volume": [int(v) for v in m["per_layer_volume"]],
             "max_imbalance": float(m["max_imbalance"]), "seconds": seconds, "parts": args.parts,
             "method": args.method, "out": str(args.out)}
-
-
-def _check_output(path: str, flag: str) -> None:
-    """Fails before any work if ``path`` cannot be written (names the flag and the path)."""
-    parent = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise UsageError(f"{flag} {path}: is a directory, expected a file path")
-    if not os.path.isdir(parent):
-        raise UsageError(f"{flag} {path}: folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise UsageError(f"{flag} {path}: folder {parent} is not writable")
 
 
 def _enable_compile_cache(where: str | None) -> str | None:
@@ -273,29 +564,23 @@ def _cmd_infer(args) -> dict:
         raise UsageError("give either --partition FILE or --method M, not both")
     if args.method and (args.devices or 1) < 2:
         raise UsageError("--method partitions the network over --devices; give --devices 2 or more")
-    _check_output(args.out, "--out")
-    if args.scores:
-        _check_output(args.scores, "--scores")
-    if args.truth and not os.path.isfile(args.truth):
-        raise UsageError(f"--truth {args.truth}: no such file")
     model = args.devices or 1
-    from jaxsdnn import partition
+    from jaxsdnn import io, partition
 
+    # Everything is read and checked before JAX starts and before anything is written.
+    _check_outputs({"--out": args.out, "--scores": args.scores},
+                   {"--network": _network_files(args), "--images": args.images, "--truth": args.truth,
+                    "--partition": args.partition})
     part = None
-    if args.partition:  # read before JAX starts: its part count sets the device count
+    if args.partition:  # its part count sets the device count
         part = partition.load_partition(args.partition)
         if args.devices is None:
             model = part.num_parts
     if args.data_parallel < 1 or model < 1:
         raise UsageError("--devices and --data-parallel must be >= 1")
-    devices = _setup_devices(args, model * args.data_parallel)
-    cache = _enable_compile_cache(args.compile_cache)
-
-    from jaxsdnn import engine, io, sharded
-
+    truth = io.read_categories(args.truth) if args.truth else None
     net = _read_network(args)
     images = io.read_images(args.images, num_features=net.sizes[0])
-    truth = io.read_categories(args.truth) if args.truth else None
     if part is not None:
         try:
             part.validate_for(net)
@@ -304,8 +589,23 @@ def _cmd_infer(args) -> dict:
         if part.num_parts != model:
             raise UsageError(f"{args.partition} has {part.num_parts} parts but --devices is {model}")
     elif model > 1:
-        part = partition.partition_network(net, model, method=args.method or "kahypar", seed=args.seed)
-        part = _same_on_every_process(part)
+        try:
+            part = partition.partition_network(net, model, method=args.method or "kahypar", seed=args.seed)
+        except ValueError as e:
+            raise ValueError(_flag_words(str(e), "--devices")) from None
+    def facts() -> dict:  # multi-host: every process must agree on these before the first collective
+        return {
+            "network": net.fingerprint()[:16], "values": _digest(*(w.data for w in net.weights), *net.biases),
+            "images": int(images.shape[0]), "images_digest": _digest(images.indptr, images.indices, images.data),
+            "partition": None if part is None else _digest(*part.parts), "batch_size": args.batch_size,
+            "data_parallel": args.data_parallel, "compact": not args.no_compact,
+        }
+
+    devices = _setup_devices(args, model * args.data_parallel, facts)
+    cache = _enable_compile_cache(args.compile_cache)
+
+    from jaxsdnn import engine, sharded
+
     mesh = sharded.make_mesh(model, args.data_parallel, devices=devices)
     result = engine.run_inference(net, images, partition=part, mesh=mesh, batch_size=args.batch_size,
                                   compact=not args.no_compact)
@@ -351,15 +651,29 @@ def _cmd_infer(args) -> dict:
 
 
 def _cmd_train(args) -> dict:
+    from jaxsdnn import checkpoint as ckpt_lib
     from jaxsdnn import config as config_lib
 
-    cfg = config_lib.load_config(args.config, args.set or [])
+    if args.config and args.config_file and args.config != args.config_file:
+        raise UsageError(f"two configs given: {args.config_file} and --config {args.config}; give one")
+    config = args.config or args.config_file
+    if not config:
+        raise UsageError("give the configuration file: jaxsdnn train CONFIG.yaml (or --config CONFIG.yaml)")
+    cfg = config_lib.load_config(config, args.set or [])
     model = args.devices or config_lib.get(cfg, "devices")
     data = args.data_parallel or config_lib.get(cfg, "data_parallel")
-    devices = _setup_devices(args, model * data)
+    run_dir = args.run_dir or os.path.join("runs", os.path.splitext(os.path.basename(config))[0])
+    latest = ckpt_lib.latest_checkpoint(os.path.join(run_dir, "checkpoints"))
+    if args.resume and latest is None:
+        raise UsageError(f"--resume: {run_dir} holds no checkpoint to resume from (checkpoints/step_*.npz)")
+    if not args.resume and latest is not None:
+        raise UsageError(f"--run-dir {run_dir} already holds checkpoints ({latest.name}); give --resume to "
+                         "continue that run, or another --run-dir")
+    facts = {"config": _digest(json.dumps(config_lib.config_to_dict(cfg), sort_keys=True).encode()),
+             "resume": bool(args.resume), "data_parallel": data}
+    devices = _setup_devices(args, model * data, facts)
     from jaxsdnn import train
 
-    run_dir = args.run_dir or os.path.join("runs", os.path.splitext(os.path.basename(args.config))[0])
     return train.train(cfg, run_dir, resume=args.resume, devices=devices, model_parallel=model,
                        data_parallel=data, method=args.method, progress=not args.json)
 
@@ -367,29 +681,75 @@ def _cmd_train(args) -> dict:
 # ----------------------------------------------------------------------------------------------
 # parser
 # ----------------------------------------------------------------------------------------------
-def _positive_int(v: str) -> int:
-    i = int(v)
-    if i < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
-    return i
+_MAX_SEED = 2**31 - 1
+
+
+def _int_in(low: int, high: int | None = None, what: str = "an integer"):
+    """An argparse type: an integer in ``[low, high]``."""
+
+    def parse(v: str) -> int:
+        try:
+            i = int(v)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {v!r}") from None
+        if i < low or (high is not None and i > high):
+            bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+            raise argparse.ArgumentTypeError(f"expected {what} {bounds}, got {v}")
+        return i
+
+    parse.__name__ = what
+    return parse
+
+
+_positive_int = _int_in(1)
+_seed = _int_in(0, _MAX_SEED, "a seed")
+
+
+def _finite_float32(v: str) -> float:
+    import numpy as np
+
+    try:
+        x = float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {v!r}") from None
+    if not (math.isfinite(x) and abs(x) <= float(np.finfo(np.float32).max)):
+        raise argparse.ArgumentTypeError(f"expected a finite float32 number (|x| <= 3.4e38), got {v}")
+    return x
+
+
+def _float(v: str) -> float:
+    try:
+        x = float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {v!r}") from None
+    if not math.isfinite(x):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {v}")
+    return x
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors become a :class:`UsageError` (one line from :func:`main`), not usage text and exit."""
+
+    def error(self, message):
+        raise UsageError(message)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jaxsdnn", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="jaxsdnn", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="write a RadiX-Net in the Graph Challenge layout")
     g.add_argument("--neurons", type=_positive_int, required=True)
     g.add_argument("--layers", type=_positive_int, required=True)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=_seed, default=0)
     g.add_argument("--out", required=True)
-    g.add_argument("--images", type=int, default=0,
+    g.add_argument("--images", type=_int_in(0, None, "a count"), default=0,
                    help="also write this many input images (and, with the survivors, the truth categories)")
     g.add_argument("--image-kind", choices=["challenge", "random"], default="challenge",
                    help="challenge (default): the challenge's MNIST digits resized to sqrt(N) x sqrt(N), so that a "
                         "small fraction survives, as in the challenge; random: uniform random binary images")
-    g.add_argument("--density", type=float, default=0.1, help="density of --image-kind random")
-    g.add_argument("--bias", type=float, default=None,
+    g.add_argument("--density", type=_float, default=0.1, help="density of --image-kind random, in [0, 1]")
+    g.add_argument("--bias", type=_float, default=None,
                    help="bias for counting the survivors (default: the challenge's bias for N)")
     g.add_argument("--no-survivors", dest="survivors", action="store_false",
                    help="do not run the network to count the images that survive it")
@@ -398,15 +758,17 @@ def build_parser() -> argparse.ArgumentParser:
     def network_args(p):
         p.add_argument("--network", required=True, help="directory of n{N}-l{k}.tsv[.gz] files")
         p.add_argument("--layers", type=_positive_int, default=None, help="use only the first L layers")
-        p.add_argument("--bias", type=float, default=None, help="bias of every neuron (default: by N)")
+        p.add_argument("--bias", type=_finite_float32, default=None, help="bias of every neuron (default: by N)")
+        p.add_argument("--allow-empty-layers", action="store_true",
+                       help="accept an empty (0-byte) layer file as a layer without edges")
 
     pa = sub.add_parser("partition", help="partition the neurons of every layer over devices")
     network_args(pa)
-    pa.add_argument("--parts", type=int, required=True)
+    pa.add_argument("--parts", type=_positive_int, required=True)
     pa.add_argument("--method", default="kahypar", choices=["block", "random", "kahypar", "mtkahypar"])
-    pa.add_argument("--epsilon", type=float, default=0.03)
-    pa.add_argument("--seed", type=int, default=0)
-    pa.add_argument("--threads", type=_positive_int, default=1, help="Mt-KaHyPar threads")
+    pa.add_argument("--epsilon", type=_float, default=0.03)
+    pa.add_argument("--seed", type=_seed, default=0)
+    pa.add_argument("--threads", type=_int_in(1, 1024), default=1, help="Mt-KaHyPar threads")
     pa.add_argument("--out", required=True)
     pa.add_argument("--json", action="store_true")
 
@@ -428,12 +790,13 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--method", default=None, choices=["block", "random", "kahypar", "mtkahypar"],
                    help="partitioner when --devices > 1 (default kahypar)")
     i.add_argument("--partition", default=None, help="a partition .npz from `jaxsdnn partition`")
-    i.add_argument("--seed", type=int, default=0)
+    i.add_argument("--seed", type=_seed, default=0)
     i.add_argument("--json", action="store_true")
     _add_device_args(i)
 
     t = sub.add_parser("train", help="train a sparse network from a config")
-    t.add_argument("--config", required=True)
+    t.add_argument("config_file", nargs="?", metavar="CONFIG", help="the YAML configuration (or --config)")
+    t.add_argument("--config", default=None, help="the YAML configuration")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value (repeatable)")
     t.add_argument("--run-dir", default=None, help="where metrics and checkpoints go (default runs/<name>)")
     t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --run-dir")
@@ -447,21 +810,144 @@ def build_parser() -> argparse.ArgumentParser:
 COMMANDS = {"generate": _cmd_generate, "partition": _cmd_partition, "infer": _cmd_infer, "train": _cmd_train}
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _os_message(e: OSError) -> str:
+    where = e.filename if e.filename else None
+    return f"{where}: {e.strerror or e}" if where else str(e)
+
+
+_STATE = {"distributed": False}
+
+# A native log line of the distributed runtime (absl: "F1202 04:54:35.407157  10070 client.h:80] ..."),
+# or the stack dump that follows a fatal one.
+_NATIVE_LOG = re.compile(r"^([EFWI]\d{4} \d\d:\d\d:\d\d\.\d+\s+\d+ \S+:\d+\]|\*\*\* Check failure|\s+@\s+0x)")
+
+
+def _wants_supervisor(argv: list[str] | None) -> bool:
+    """Multi-host infer / train runs under a supervisor process, unless they already are."""
+    if os.environ.get("JAXSDNN_SUPERVISED") == "1":
+        return False
+    words = sys.argv[1:] if argv is None else list(argv)
+    if not words or words[0] not in ("infer", "train"):
+        return False
+    return any(w == "--coordinator" or w.startswith("--coordinator=") for w in words) or bool(
+        os.environ.get("JAXSDNN_COORDINATOR"))
+
+
+def _supervise(argv: list[str] | None) -> int:
+    """Runs this command in a child process and turns its native end into one line.
+
+    The distributed runtime ends a process with a fatal native log line and a stack dump (SIGABRT)
+    when a peer dies mid-run (missed heartbeats) or never registers; no Python code runs then.
+    The child's stderr passes through until the first native log line; from then on it is held
+    back, and if the child dies of a signal or exits with an error, one line says why.
+    """
+    import subprocess
+
+    words = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    command = words[0]
+    env = dict(os.environ, JAXSDNN_SUPERVISED="1")
+    child = subprocess.Popen([sys.executable, "-m", "jaxsdnn.cli", *words], env=env, stderr=subprocess.PIPE)
+
+    def forward(signum, frame):  # SIGTERM / SIGHUP reach the child; it ends, then so does this process
+        if child.poll() is None:
+            child.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the child gets Ctrl-C itself
+    held: list[str] = []
     try:
+        for raw in iter(child.stderr.readline, b""):
+            line = raw.decode("utf-8", "replace")
+            if held or _NATIVE_LOG.match(line):
+                held.append(line.rstrip("\n"))
+            else:
+                sys.stderr.write(line)
+                sys.stderr.flush()
+        code = child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    ours = [x for x in held if x.startswith(f"jaxsdnn {command}:")]
+    if code == 0 or (code > 0 and not held):  # done, or the child's own one-line error went through
+        return code
+    if ours:  # the child said it in its own line, before or among the runtime's
+        print(ours[-1], file=sys.stderr)
+        return code if code > 0 else 1
+    fatal = next((x for x in held if x.startswith("F")), None) or next((x for x in held if x.startswith("E")), "")
+    reason = fatal.split("] ", 1)[1] if "] " in fatal else fatal
+    if held and not reason:
+        reason = held[0]
+    how = f"was killed by signal {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
+    if code < 0 and -code in (signal.SIGTERM, signal.SIGHUP, signal.SIGKILL) and not held:
+        return 128 - code
+    if "another task died" in reason:
+        reason = "another process of the multi-host run died or stopped responding"
+    print(f"jaxsdnn {command}: error: the distributed runtime ended this process ({how})"
+          + (f": {' '.join(reason.split())[:400]}" if reason else ""), file=sys.stderr)
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    if _wants_supervisor(argv):
+        return _supervise(argv)
+    code = _main(argv)
+    if code and _STATE["distributed"]:
+        # The runtime's exit handler waits (minutes) for peers that may be gone: end now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
+    command = "?"
+    try:
+        args = build_parser().parse_args(argv)
+        command = args.command
         out = COMMANDS[args.command](args)
-    except (ValueError, OSError) as e:
-        msg = str(e) if not isinstance(e, OSError) or not e.filename else f"{e.filename}: {e.strerror}"
-        print(f"jaxsdnn {args.command}: error: {msg}", file=sys.stderr)
+    except UsageError as e:
+        if command == "?":
+            words = [a for a in (sys.argv[1:] if argv is None else argv) if a in COMMANDS]
+            command = words[0] if words else ""
+        print(f"jaxsdnn{' ' + command if command else ''}: error: {e}", file=sys.stderr)
         return 2
+    except (ValueError, OSError) as e:
+        msg = _os_message(e) if isinstance(e, OSError) else str(e)
+        print(f"jaxsdnn {command}: error: {' '.join(msg.split()) if chr(10) in msg else msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as e:  # train saves a checkpoint first and says where
+        print(f"jaxsdnn {command}: {str(e) or 'interrupted'}", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print(f"jaxsdnn {command}: error: out of memory (an input or size too large for this machine)", file=sys.stderr)
+        return 1
     except RuntimeError as e:  # the XLA runtime (out of memory, a lost peer): one line, not a traceback
-        print(f"jaxsdnn {args.command}: runtime error: {str(e).splitlines()[0][:500]}", file=sys.stderr)
+        print(f"jaxsdnn {command}: runtime error: {str(e).splitlines()[0][:500] if str(e) else type(e).__name__}",
+              file=sys.stderr)
+        return 1
+    except Exception as e:  # a bug: still one line (JAXSDNN_DEBUG=1 shows the traceback)
+        if os.environ.get("JAXSDNN_DEBUG"):
+            raise
+        print(f"jaxsdnn {command}: internal error: {type(e).__name__}: {str(e)[:300]} (JAXSDNN_DEBUG=1 shows "
+              "the traceback; please report it)", file=sys.stderr)
         return 1
     code = int(out.pop("_exit", 0)) if isinstance(out, dict) else 0
     if getattr(args, "json", False) and isinstance(out, dict):
-        print(json.dumps(out))
+        print(json.dumps(_json_ready(out), allow_nan=False))
     return code
+
+
+def _json_ready(x):
+    """``x`` with NumPy scalars as Python numbers and NaN / infinity as null (strict JSON)."""
+    if isinstance(x, dict):
+        return {k: _json_ready(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_ready(v) for v in x]
+    if hasattr(x, "item") and not isinstance(x, (str, bytes)):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -20,6 +20,7 @@ exponents without a dot as strings) is accepted for a float field when ``float()
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -51,6 +52,14 @@ def _at_least(default, low):
     return dataclasses.field(default=default, metadata={"min": low})
 
 
+def _fraction(default):
+    """A share in ``[0, 1)``."""
+    return dataclasses.field(default=default, metadata={"min": 0.0, "below": 1.0})
+
+
+_MAX_INT = 2**31 - 1  # seeds, sizes and counts: the bound every consumer (NumPy, the tools) accepts
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """``data``: which images.
@@ -68,8 +77,8 @@ class DataConfig:
 
     name: str = _choice("digits", "digits", "mnist", "fashion_mnist")
     path: str = ""
-    test_fraction: float = _at_least(0.2, 0.0)
-    validation_fraction: float = _at_least(0.0, 0.0)
+    test_fraction: float = _fraction(0.2)
+    validation_fraction: float = _fraction(0.0)
     image_side: int = _at_least(0, 0)
     seed: int = 0
 
@@ -197,15 +206,22 @@ def _coerce(value, tp, key: str, where: str):
                 pass
         raise ValueError(f"{where}{key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
     if tp is float:
+        v = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            v = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                v = float(value)
             except ValueError:
                 pass
+        if v is not None:
+            if not math.isfinite(v):
+                raise ValueError(f"{where}{key}: expected a finite number, got {value!r}")
+            return v
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) > _MAX_INT:
+                raise ValueError(f"{where}{key}: {value} is out of range (|value| <= {_MAX_INT})")
             return value
     elif tp is bool:
         if isinstance(value, bool):
@@ -238,6 +254,9 @@ def _build(cls, values: Mapping, prefix: str, where: str):
         low = fields[key].metadata.get("min")
         if low is not None and v is not None and v < low:
             raise ValueError(f"{where}{full}: {v!r} is below the minimum {low}")
+        below = fields[key].metadata.get("below")
+        if below is not None and v is not None and v >= below:
+            raise ValueError(f"{where}{full}: {v!r} must be below {below}")
         kwargs[key] = v
     return dataclasses.replace(cls(), **kwargs)
 
@@ -320,6 +339,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
                 loaded = yaml.safe_load(f)
         except OSError as e:
             raise ValueError(f"{path}: cannot read config ({e.strerror})") from None
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
         except yaml.YAMLError as e:
             raise ValueError(f"{path}: invalid YAML ({e})") from None
         if loaded is not None and not isinstance(loaded, Mapping):

@@ -356,10 +356,12 @@ def layer_hypergraph(
         ptr, pin = _append_anchor(ptr, n + device, np.arange(n, dtype=np.int64))
         ptrs.append(ptr), pins.append(pin), weights.append(np.ones(n, dtype=np.int64))
     net_ptr, net_pins, net_weights = [np.zeros(1, np.int64)], [], []
+    offset = 0  # pins so far (a layer without edges adds no net: net_ptr[-1] may be empty)
     for ptr, pin, wt in zip(ptrs, pins, weights):
         keep = np.flatnonzero(np.diff(ptr) >= 2)
         ptr, pin = _gather_rows(ptr, pin, keep)
-        net_ptr.append(ptr[1:] + net_ptr[-1][-1]), net_pins.append(pin), net_weights.append(wt[keep])
+        net_ptr.append(ptr[1:] + offset), net_pins.append(pin), net_weights.append(wt[keep])
+        offset += int(pin.size)
     return LayerHypergraph(
         num_free=int(n),
         num_parts=int(num_parts),

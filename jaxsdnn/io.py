@@ -52,11 +52,27 @@ _INT_LINE = re.compile(r"^\s*\+?(\d+)\s*$")
 _MAX_INDEX = 2**31 - 1
 
 
+def _memory_bytes() -> int:
+    """This machine's available memory (physical, not yet used)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_AVPHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
+
+
+def _check_fits(what: str, nbytes: int) -> None:
+    """Refuses, before allocating, what would need more than this machine's memory."""
+    if nbytes > _memory_bytes():
+        raise ValueError(f"{what} would need {nbytes / 2**30:,.1f} GiB of memory, more than the "
+                         f"{_memory_bytes() / 2**30:,.1f} GiB this machine has available")
+
+
 def graphchallenge_bias(neurons: int) -> float:
     """The Graph Challenge bias of every neuron of a network with ``neurons`` per layer.
 
     Raises:
-        ValueError: for a size the challenge does not define (pass an explicit bias instead).
+        ValueError: for a size the challenge does not define (pass an explicit bias instead;
+            the CLI asks for ``--bias`` itself).
     """
     try:
         return _BIAS[int(neurons)]
@@ -223,24 +239,33 @@ def _check_triples(
     return rows, cols, values
 
 
-def read_layer(path: str | os.PathLike, n_in: int, n_out: int) -> sp.coo_array:
+def read_layer(path: str | os.PathLike, n_in: int, n_out: int, allow_empty: bool = False) -> sp.coo_array:
     """Reads one Graph Challenge layer file (``.tsv`` or ``.tsv.gz``).
 
     Args:
         path: the file, lines ``row<TAB>col<TAB>value`` (1-based, row = input neuron).
         n_in: input neurons (rows of the matrix).
         n_out: output neurons (columns).
+        allow_empty: accept a file without any edge (0 bytes, or blank lines only) as an all-zero
+            layer; by default that is an error (a truncated file is the likelier cause).
 
     Returns:
         ``W`` of shape ``[n_in, n_out]``, float32, entries in file order.
 
     Raises:
         ValueError: ``path:line: ...`` for the first malformed line, index out of range or not
-            1-based, non-finite value, or repeated edge.
+            1-based, non-finite value, or repeated edge; ``path: ...`` for a file without edges.
     """
     path = Path(path)
     fields = _fields(n_in, n_out, "input neuron", "output neuron")
-    lines, a = _parse_triples(path, _read_text(path), fields)
+    text = _read_text(path)
+    lines, a = _parse_triples(path, text, fields)
+    if a.shape[0] == 0 and not allow_empty:
+        what = "is empty (0 bytes)" if not text else "holds no edges (only blank lines)"
+        raise ValueError(
+            f"{path}: {what}; a truncated or unfinished file? (--allow-empty-layers / allow_empty=True "
+            "reads it as a layer without edges)"
+        )
     rows, cols, values = _check_triples(path, lines, a, fields)
     return sp.coo_array((values, (rows, cols)), shape=(n_in, n_out))
 
@@ -255,7 +280,8 @@ def find_layer_files(directory: str | os.PathLike) -> tuple[int, list[Path]]:
         ``(N, paths)``: neurons per layer and the files of layers ``1..L`` in order.
 
     Raises:
-        ValueError: no layer files, several ``N``, a layer numbered 0, a gap in the numbering
+        ValueError: no layer files, a name of a layer file that is a directory, broken symlink or
+            other non-regular file, ``N`` beyond the int32 range, several ``N``, a layer numbered 0, a gap in the numbering
             (names the missing layer), or a layer present twice (e.g. both ``.tsv`` and ``.tsv.gz``:
             the error names both rather than guessing which one is current).
     """
@@ -265,9 +291,16 @@ def find_layer_files(directory: str | os.PathLike) -> tuple[int, list[Path]]:
     found: dict[int, dict[int, Path]] = {}
     for entry in sorted(directory.iterdir()):
         match = _LAYER_NAME.match(entry.name)
-        if match is None or not entry.is_file():
+        if match is None:
             continue
+        if not entry.is_file():  # a layer that cannot be read must not silently shorten the network
+            what = (f"a broken symlink (to {os.readlink(entry)!r})" if entry.is_symlink() and not entry.exists()
+                    else "a directory" if entry.is_dir() else "not a regular file")
+            raise ValueError(f"{entry}: is {what}, not a layer file; fix or remove it")
         neurons, k = int(match.group(1)), int(match.group(2))
+        if neurons > _MAX_INDEX:
+            raise ValueError(f"{entry}: {neurons} neurons per layer is more than this library supports "
+                             f"(at most {_MAX_INDEX}, the int32 index range)")
         layers = found.setdefault(neurons, {})
         if k in layers:
             raise ValueError(f"{directory}: layer {k} is stored twice: {layers[k].name} and {entry.name}; keep one")
@@ -295,6 +328,7 @@ def read_network(
     num_layers: int | None = None,
     bias: float | Sequence | None = None,
     cap: float | None = 32.0,
+    allow_empty: bool = False,
 ) -> SparseNetwork:
     """Reads a Graph Challenge network directory (square ``N x N`` layers).
 
@@ -303,12 +337,15 @@ def read_network(
         num_layers: read only layers ``1..num_layers``; ``None`` reads all ``L``.
         bias: as :meth:`SparseNetwork.from_scipy`; ``None`` is :func:`graphchallenge_bias` of ``N``.
         cap: ReLU cap (32 in the challenge), ``None`` for a plain ReLU.
+        allow_empty: accept layer files without edges (see :func:`read_layer`).
 
     Raises:
-        ValueError: a bad directory or layer file (``path:line: ...``), ``num_layers`` out of
-            ``[1, L]``, or no default bias for ``N``.
+        ValueError: a bad directory or layer file (``path:line: ...``), an empty layer file
+            (unless ``allow_empty``), ``num_layers`` out of ``[1, L]``, a bias that is not a
+            finite float32, a network too large for this machine's memory, or no default bias for ``N``.
     """
     neurons, paths = find_layer_files(directory)
+    _check_fits(f"{directory}: {len(paths)} layers of {neurons} neurons", 8 * (neurons + 1) * len(paths) * 2)
     if num_layers is not None:
         if int(num_layers) != num_layers or not 1 <= num_layers <= len(paths):
             raise ValueError(
@@ -318,7 +355,10 @@ def read_network(
         paths = paths[: int(num_layers)]
     if bias is None:
         bias = graphchallenge_bias(neurons)
-    matrices = [read_layer(p, neurons, neurons) for p in paths]
+    b = np.asarray(bias, dtype=np.float64)
+    if not np.all(np.isfinite(b)) or np.any(np.abs(b) > np.finfo(np.float32).max):
+        raise ValueError(f"bias={bias!r}: every bias must be a finite float32 value (|b| <= 3.4e38)")
+    matrices = [read_layer(p, neurons, neurons, allow_empty=allow_empty) for p in paths]
     try:
         return SparseNetwork.from_scipy(matrices, bias, cap)
     except ValueError as e:
@@ -409,8 +449,46 @@ def _where(path: Path, line: int | None) -> str:
     return f"{path}:{line}" if line is not None else f"{path}"
 
 
+def _mtx_header(path: Path) -> tuple[int, int, int, int] | None:
+    """``(rows, cols, entries, line)`` of a coordinate file's size line, or None (mmread reports it)."""
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            for number, raw in enumerate(f, start=1):
+                line = raw.decode("utf-8", "replace").strip()
+                if number == 1:
+                    if "coordinate" not in line.lower():
+                        return None
+                    continue
+                if not line or line.startswith("%"):
+                    continue
+                parts = line.split()
+                if len(parts) != 3 or not all(p.isdigit() for p in parts):
+                    return None
+                return int(parts[0]), int(parts[1]), int(parts[2]), number
+    except (OSError, EOFError, zlib.error):
+        return None
+    return None
+
+
+def _check_mtx_header(path: Path) -> tuple[int, int, int, int] | None:
+    """Bounds a coordinate file's announced size before ``mmread`` allocates it."""
+    header = _mtx_header(path)
+    if header is None:
+        return None
+    rows, cols, entries, line = header
+    if rows > _MAX_INDEX or cols > _MAX_INDEX:
+        raise ValueError(f"{path}:{line}: size {rows} x {cols} exceeds the int32 index range ({_MAX_INDEX})")
+    if not path.name.endswith(".gz") and entries * 4 > os.path.getsize(path):  # an entry is >= 4 bytes
+        raise ValueError(f"{path}:{line}: the header announces {entries} entries but the file has only "
+                         f"{os.path.getsize(path)} bytes (truncated file or wrong header)")
+    _check_fits(f"{path}:{line}: {rows} x {cols} with {entries} entries", 40 * entries + 16 * (rows + 1))
+    return header
+
+
 def _read_mtx(path: Path) -> sp.coo_array:
     """``scipy.io.mmread`` of a coordinate file, errors as ``path:line: ...`` ValueErrors."""
+    _check_mtx_header(path)
     try:
         matrix = scipy.io.mmread(path)
     except (ValueError, OSError, EOFError, zlib.error) as e:
@@ -475,7 +553,16 @@ def read_images(
             num_images if num_images is not None else int(rows.max(initial=-1)) + 1,
             num_features if num_features is not None else int(cols.max(initial=-1)) + 1,
         )
+        if rows.size:
+            i = int(np.argmax(rows))
+            # the images' row pointers, and the [images, features] float32 activations of inference
+            _check_fits(f"{path}:{_record_lines(lines)[i]}: image row {rows[i] + 1} ({shape[0]} images of "
+                        f"{shape[1]} features)", 16 * (shape[0] + 1) + 4 * shape[0] * shape[1])
         return sp.csr_array((values, (rows, cols)), shape=shape)
+    header = _mtx_header(path)
+    if header is not None and num_features is not None:
+        _check_fits(f"{path}:{header[3]}: {header[0]} images of {num_features} features",
+                    16 * (header[0] + 1) + 4 * header[0] * num_features)
     coo = _read_mtx(path)
     shape = list(coo.shape)
     for axis, (limit, index) in enumerate(((num_images, coo.row), (num_features, coo.col))):
@@ -489,6 +576,10 @@ def read_images(
             if axis == 1:
                 raise ValueError(f"{where}: {too_wide.format(index=c, limit=limit)}")
             raise ValueError(f"{where}: row {r} > num_images={limit}")
+        if axis == 1 and shape[1] > limit:  # no entry beyond the network, but the header is wider
+            header = _mtx_header(path)
+            raise ValueError(f"{_where(path, header[3] if header else None)}: images file is wider than the "
+                             f"network: the header has {shape[1]} columns > {limit} input neurons")
         shape[axis] = limit
     return sp.csr_array((coo.data, (coo.row, coo.col)), shape=tuple(shape))
 

@@ -357,7 +357,8 @@ def _check_arguments(network: SparseNetwork, num_parts, method, epsilon, seed, t
         raise ValueError(f"num_parts={num_parts!r} must be an integer >= 1")
     for k, n in enumerate(network.sizes):
         if num_parts > n:
-            raise ValueError(f"num_parts={num_parts} is larger than layer {k}, which has {n} neurons")
+            what = f"layer {k} (the input features)" if k == 0 else f"layer {k}"
+            raise ValueError(f"num_parts={num_parts} is larger than {what}, which has {n} neurons")
     if not (isinstance(epsilon, (int, float, np.floating)) and 0.0 < float(epsilon) < 1.0):
         raise ValueError(f"epsilon={epsilon!r} must be in (0, 1)")
     if not _is_int(seed) or seed < 0:
@@ -372,7 +373,12 @@ def _solve(network, parts, k, weights, cap, num_parts, tool, epsilon, seed, thre
     if h.num_nets == 0:  # nothing to gain: any balanced assignment will do
         p = _contiguous(weights, num_parts)
     else:
-        p = _kahypar.solve_layer(h, weights, cap, tool, epsilon, seed, threads)
+        try:
+            p = _kahypar.solve_layer(h, weights, cap, tool, epsilon, seed, threads)
+        except _kahypar.ToolError as e:
+            raise _kahypar.ToolError(
+                f"layer {k} ({weights.size} neurons, {h.num_nets} nets, {num_parts} parts): {e}"
+            ) from None
     p = repair_balance(weights, p, cap, num_parts, gains=h.move_gains, layer=k)
     if h.num_nets:
         p = refine_layer(h, weights, p, cap, rounds=8)

@@ -33,6 +33,7 @@ import collections
 import dataclasses
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -181,10 +182,10 @@ def _predict_fn(sn):
     return _cached(_PREDICT_CACHE, key, lambda: sharded.sharded_predict(sn))
 
 
-def _accuracy(sn, params, plan, dataset: data_lib.Dataset, batch_size: int, data_parallel: int) -> float:
-    """Share of ``dataset`` predicted right; batches padded to a fixed multiple of the data axis."""
+def _accuracy(sn, params, plan, dataset: data_lib.Dataset, batch_size: int, data_parallel: int) -> float | None:
+    """Share of ``dataset`` predicted right (None for an empty set); batches padded to a multiple of the data axis."""
     if len(dataset) == 0:
-        return float("nan")
+        return None
     b = min(batch_size, len(dataset))
     b = -(-b // data_parallel) * data_parallel
     predict = _predict_fn(sn)
@@ -213,7 +214,7 @@ def _as_config(config, run_dir: Path, resume: bool) -> Config:
     if config is None:
         saved = run_dir / "config.yaml"
         if not (resume and saved.is_file()):
-            raise ValueError(f"train: config=None needs resume=True and {saved}")
+            raise ValueError(f"train: without a configuration, only a resumed run can read {saved}")
         return load_config(saved)
     if isinstance(config, Config):
         return config
@@ -246,6 +247,62 @@ def _check_resume_config(saved_path: Path, config: Config) -> None:
     if diff:
         details = ", ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in diff)
         raise ValueError(f"{saved_path}: cannot resume with a different {details}")
+
+
+def _json_ready(x):
+    """``x`` with NaN / infinity as None, so that files hold strict JSON (no ``NaN`` tokens)."""
+    if isinstance(x, dict):
+        return {k: _json_ready(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_ready(v) for v in x]
+    if isinstance(x, float) and not np.isfinite(x):
+        return None
+    return x
+
+
+class _RunLock:
+    """An exclusive ``flock`` on ``run_dir/.lock`` for the whole run: a second run into the same
+    directory is refused instead of interleaving checkpoints and metrics."""
+
+    def __init__(self, run_dir: Path):
+        self.path, self.fd = run_dir / ".lock", None
+
+    def __enter__(self):
+        import fcntl
+
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self.fd)
+            self.fd = None
+            raise ValueError(
+                f"{self.path.parent}: another training run is using this run directory (it holds {self.path}); "
+                "wait for it to finish or use another run directory"
+            ) from None
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, f"{os.getpid()}\n".encode())
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            os.close(self.fd)  # releases the lock
+            self.fd = None
+
+
+def _check_resume_checkpoint(ck, config: Config) -> None:
+    """The checkpoint records the configuration it was written with: the fixed keys must match,
+    also when ``config.yaml`` is missing."""
+    saved = ck.extra.get("config")
+    now = _flat(config_to_dict(config))
+    if saved is None:  # written before configurations were recorded: the data order at least
+        if ck.data_seed != config.train.seed:
+            raise ValueError(f"{ck.path}: written with train.seed {ck.data_seed}, cannot resume with {config.train.seed}")
+        return
+    diff = [k for k in now if k.startswith(_FIXED_ON_RESUME) and k in saved and saved[k] != now[k]]
+    if diff:
+        details = ", ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in diff)
+        raise ValueError(f"{ck.path}: cannot resume with a different {details}")
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -321,6 +378,25 @@ def train(config, run_dir, *, resume: bool = False, devices=None, data_parallel:
     run_dir = Path(run_dir)
     writer = jax.process_index() == 0
     config = _as_config(config, run_dir, resume)
+    if writer:
+        _check_writable(run_dir)
+        with _RunLock(run_dir):
+            return _train(config, run_dir, t_start, writer, resume=resume, devices=devices,
+                          data_parallel=data_parallel, method=method, progress=progress, model_parallel=model_parallel)
+    return _train(config, run_dir, t_start, writer, resume=resume, devices=devices, data_parallel=data_parallel,
+                  method=method, progress=progress, model_parallel=model_parallel)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) during training: raised after the checkpoint of the last complete step is saved."""
+
+
+class Diverged(ValueError):
+    """The loss became NaN or infinite; the run stopped without checkpointing the bad weights."""
+
+
+def _train(config, run_dir: Path, t_start: float, writer: bool, *, resume, devices, data_parallel, method, progress,
+           model_parallel) -> dict:
     device_pool = None
     if devices is not None and not isinstance(devices, (int, np.integer)):
         device_pool, devices = list(devices), None
@@ -343,7 +419,7 @@ def train(config, run_dir, *, resume: bool = False, devices=None, data_parallel:
             raise ValueError(f"{ckpt_dir}: no checkpoint to resume from")
         _check_resume_config(run_dir / "config.yaml", config)
     elif latest is not None:
-        raise ValueError(f"{run_dir}: already holds checkpoints ({latest.name}); pass resume=True or use a new run_dir")
+        raise ValueError(f"{run_dir}: already holds checkpoints ({latest.name}); resume it or use a new run directory")
     available = len(device_pool) if device_pool is not None else jax.device_count()
     if P * D > available:
         raise ValueError(
@@ -361,6 +437,7 @@ def train(config, run_dir, *, resume: bool = False, devices=None, data_parallel:
     ck = None
     if resume:
         ck = ckpt_lib.load_checkpoint(latest, network)
+        _check_resume_checkpoint(ck, config)
         if ck.num_parts != P:
             raise ValueError(f"{latest}: written with {ck.num_parts} model-axis devices, this run asks for devices={P}")
         parts = list(ck.parts)
@@ -401,17 +478,17 @@ def train(config, run_dir, *, resume: bool = False, devices=None, data_parallel:
 
     def log(record: dict) -> None:
         if metrics is not None:
-            metrics.write(json.dumps(record) + "\n")
+            metrics.write(json.dumps(_json_ready(record), allow_nan=False) + "\n")
             metrics.flush()
 
-    def save() -> Path | None:
-        host = ckpt_lib.gather_to_host((params, opt_state))  # every process joins the gather
+    def save(host) -> Path | None:  # host: gather_to_host((params, opt_state)), which every process joins
         if not writer:
             return None
         return ckpt_lib.save_checkpoint(
             ckpt_dir, step=step, network=network, plan=plan, params=host[0], opt_state=host[1], parts=parts,
             epoch=epoch, position=position, data_seed=tc.seed, rng=rng,
-            extra={"loss": last_loss, "total_steps": total_steps}, keep=tc.keep_checkpoints,
+            extra={"loss": last_loss, "total_steps": total_steps, "config": _flat(config_to_dict(config))},
+            keep=tc.keep_checkpoints,
         )
 
     bar = _Progress(progress and writer)
@@ -420,8 +497,43 @@ def train(config, run_dir, *, resume: bool = False, devices=None, data_parallel:
     saved_step, last_ckpt = (step, latest) if ck is not None else (-1, None)
     compile_s, window_losses, window_t, window_n = None, [], time.perf_counter(), 0
     run_samples, run_t = 0, 0.0
+
+    def finite_losses() -> list[float]:
+        """The window's losses; raises :class:`Diverged` at the first non-finite one."""
+        values = [float(v) for v in window_losses]
+        bad = [i for i, v in enumerate(values) if not np.isfinite(v)]
+        if bad:
+            first = step - len(values) + bad[0] + 1
+            bar.line("")
+            raise Diverged(
+                f"train: the loss is {values[bad[0]]} at step {first}: the run diverged (a lower train.lr?); "
+                f"stopped at step {step} without saving its weights; the last good checkpoint is "
+                f"{last_ckpt if last_ckpt is not None else 'none (no checkpoint was written)'}"
+            )
+        return values
+
+    def checked_save() -> Path | None:
+        finite_losses()
+        host = ckpt_lib.gather_to_host((params, opt_state))
+        leaves = jax.tree.leaves(host[0])
+        if not all(np.all(np.isfinite(x)) for x in leaves):
+            raise Diverged(
+                f"train: the weights are not finite after step {step} (the run diverged; a lower train.lr?); "
+                f"not saved; the last good checkpoint is {last_ckpt if last_ckpt is not None else 'none'}"
+            )
+        return save(host)
+
+    interrupted = []
+
+    def on_sigint(signum, frame):  # Ctrl-C: stop after the current step, with a checkpoint
+        interrupted.append(step)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C interrupts at once
+
+    import threading
+
+    previous = signal.signal(signal.SIGINT, on_sigint) if threading.current_thread() is threading.main_thread() else None
     try:
-        while step < stop_at:
+        while step < stop_at and not interrupted:
             for idx, _, labels in data_lib.batches(train_ds, tc.batch_size, tc.seed, epoch, start=position):
                 t0 = time.perf_counter()
                 x = sharded.put_inputs(sn, x_all[:, :, idx])
@@ -439,7 +551,7 @@ def train(config, run_dir, *, resume: bool = False, devices=None, data_parallel:
                 step += 1
                 position += 1
                 if step % tc.log_every == 0 or step == stop_at or position == spe:
-                    values = [float(v) for v in window_losses]
+                    values = finite_losses()
                     now = time.perf_counter()
                     sps = window_n / max(now - window_t, 1e-9)
                     run_t += now - window_t
@@ -452,21 +564,28 @@ def train(config, run_dir, *, resume: bool = False, devices=None, data_parallel:
                 if position == spe:
                     acc = _accuracy(sn, params, plan, eval_ds, tc.eval_batch_size, D)
                     log({"step": step, "epoch": epoch, "eval_accuracy": acc, "eval_set": eval_name})
-                    bar.line(f"epoch {epoch + 1}/{tc.epochs} step {step} {eval_name} accuracy {acc:.4f}")
+                    bar.line(f"epoch {epoch + 1}/{tc.epochs} step {step} {eval_name} accuracy "
+                             + ("n/a (empty)" if acc is None else f"{acc:.4f}"))
                     epoch, position = epoch + 1, 0
                     window_t = time.perf_counter()
                 if tc.checkpoint_every and step % tc.checkpoint_every == 0:
-                    last_ckpt, saved_step = save(), step
+                    last_ckpt, saved_step = checked_save(), step
                     window_t = time.perf_counter()
-                if step >= stop_at:
+                if step >= stop_at or interrupted:
                     break
         if saved_step != step:
-            last_ckpt, saved_step = save(), step
+            last_ckpt, saved_step = checked_save(), step
+        if interrupted:
+            bar.line("")
+            raise Interrupted(f"interrupted at step {step}; saved {last_ckpt} (continue with resume)")
         test_acc = _accuracy(sn, params, plan, test_ds, tc.eval_batch_size, D)
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
         if metrics is not None:
             metrics.close()
-    bar.line(f"done: {step} steps, test accuracy {test_acc:.4f}, {time.perf_counter() - t_start:.1f} s")
+    shown = "n/a (empty test set)" if test_acc is None else f"{test_acc:.4f}"
+    bar.line(f"done: {step} steps, test accuracy {shown}, {time.perf_counter() - t_start:.1f} s")
     summary = {
         "run_dir": str(run_dir),
         "test_accuracy": test_acc,
@@ -490,5 +609,5 @@ def train(config, run_dir, *, resume: bool = False, devices=None, data_parallel:
     }
     if writer:
         with atomic_write(run_dir / "summary.json") as f:
-            json.dump(summary, f, indent=2)
+            json.dump(_json_ready(summary), f, indent=2, allow_nan=False)
     return summary
