@@ -246,8 +246,8 @@ class _Pass:
             _, x, _, bad, _ = self._chunk(x, k, k + 1)
             if int(bad):
                 raise ValueError(
-                    f"layer {k + 1}: activations overflowed float32 (non-finite values); the weights or "
-                    "images are too large for this network"
+                    f"layer {k + 1}: activations are not finite (float32 overflow past 3.4e38, or NaN); the "
+                    "categories would be wrong"
                 )
 
     def scores(self, n_img: int) -> sp.csr_array:

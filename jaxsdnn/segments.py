@@ -29,7 +29,7 @@ from jax.sharding import PartitionSpec as Spec
 
 from jaxsdnn import kernels
 from jaxsdnn.plan import layout_values
-from jaxsdnn.sharded import DATA_AXIS, MODEL_AXIS, _exchange, _global_array
+from jaxsdnn.sharded import DATA_AXIS, MODEL_AXIS, _exchange, _global_array, _put_by_model
 from jaxsdnn.stacking import Segment, StackedPlan, StackedTables, stack_values
 
 __all__ = ["StackedNetwork", "compact_columns", "insert_columns", "put_activations", "scalar", "segment_chunk", "shard_stacked"]
@@ -58,15 +58,8 @@ class StackedNetwork:
 
 def shard_stacked(splan: StackedPlan, network, mesh: Mesh) -> StackedNetwork:
     """Puts the stacked values and tables of ``network`` on ``mesh`` (model axis = partition)."""
-    if mesh.shape[MODEL_AXIS] != splan.num_parts:
-        raise ValueError(
-            f"the partition has {splan.num_parts} parts but the mesh's model axis has "
-            f"{mesh.shape[MODEL_AXIS]} devices"
-        )
-    by_model = NamedSharding(mesh, Spec(MODEL_AXIS))
-    put = lambda tree: jax.tree.map(lambda a: _global_array(a, by_model), tree)  # noqa: E731
     values = stack_values(splan, layout_values(splan.plan, network))
-    return StackedNetwork(splan, mesh, put(values), put(splan.tables))
+    return StackedNetwork(splan, mesh, *_put_by_model(mesh, splan.num_parts, values, splan.tables))
 
 
 def local_segment(params, tables: StackedTables, x, i0, i1, *, rounds, cap, axis=MODEL_AXIS):
@@ -78,26 +71,33 @@ def local_segment(params, tables: StackedTables, x, i0, i1, *, rounds, cap, axis
         x: ``[n_rows, batch]``, the activation before layer ``i0`` of the segment.
         i0, i1: int32 scalars, ``0 <= i0 <= i1 <= S`` (traced: one program for every range).
         rounds: the segment's static exchange rounds.
+
+    Returns:
+        ``(y, bad)``: the activation after layer ``i1`` and the number of non-finite
+        pre-activations on the way (int32).
     """
 
-    def layer(i, x):
+    def layer(i, carry):
+        x, bad = carry
         pick = functools.partial(jax.lax.dynamic_index_in_dim, index=i, axis=0, keepdims=False)
         xext = _exchange(x, [pick(s) for s in tables.send], rounds, axis)
         z = kernels.bucketed_spmm(
             xext, [pick(i) for i in tables.index], [pick(w) for w in params["w"]], [pick(g) for g in tables.group_cols]
-        )
-        return kernels.activation(z + pick(params["b"])[:, None], cap)
+        ) + pick(params["b"])[:, None]
+        # checked before the cap, which would turn an overflow (inf) into a plausible 32
+        return kernels.activation(z, cap), bad + jnp.sum(~jnp.isfinite(z), dtype=jnp.int32)
 
-    return jax.lax.fori_loop(i0, i1, layer, x)
+    none = jnp.sum(x[:0, :0] != 0, dtype=jnp.int32)  # 0, typed like x (varying over the mesh axes)
+    return jax.lax.fori_loop(i0, i1, layer, (x, none))
 
 
 @functools.lru_cache(maxsize=256)
 def _chunk_fn(mesh: Mesh, rounds, cap):
     def per_device(params, tables, x, i0, i1):
-        y = local_segment(jax.tree.map(lambda a: a[0], params), jax.tree.map(lambda a: a[0], tables), x[0], i0, i1,
-                          rounds=rounds, cap=cap)
+        y, bad = local_segment(jax.tree.map(lambda a: a[0], params), jax.tree.map(lambda a: a[0], tables), x[0],
+                               i0, i1, rounds=rounds, cap=cap)
         alive = jax.lax.psum(jnp.sum(y != 0, axis=0, dtype=jnp.int32), MODEL_AXIS)
-        bad = jax.lax.psum(jnp.sum(~jnp.isfinite(y), dtype=jnp.int32), (MODEL_AXIS, DATA_AXIS))
+        bad = jax.lax.psum(bad, (MODEL_AXIS, DATA_AXIS))
         return y[None], alive, bad
 
     by_model = Spec(MODEL_AXIS)

@@ -123,16 +123,20 @@ def _device_tables(plan: Plan) -> DeviceTables:
     return DeviceTables(plan.tables, ids.astype(np.int32), label_row)
 
 
-def shard_network(plan: Plan, network, mesh: Mesh) -> ShardedNetwork:
-    """Puts the network's values and the plan's tables on ``mesh`` (model axis = partition)."""
-    if mesh.shape[MODEL_AXIS] != plan.num_parts:
+def _put_by_model(mesh: Mesh, num_parts: int, *trees):
+    """Host ``[P, ...]`` pytrees onto ``mesh``, split over the model axis (which must have ``P`` devices)."""
+    if mesh.shape[MODEL_AXIS] != num_parts:
         raise ValueError(
-            f"the partition has {plan.num_parts} parts but the mesh's model axis has "
-            f"{mesh.shape[MODEL_AXIS]} devices"
+            f"the partition has {num_parts} parts but the mesh's model axis has {mesh.shape[MODEL_AXIS]} devices"
         )
     by_model = NamedSharding(mesh, Spec(MODEL_AXIS))
-    put = lambda tree: jax.tree.map(lambda a: _global_array(a, by_model), tree)  # noqa: E731
-    return ShardedNetwork(plan, mesh, put(layout_values(plan, network)), put(_device_tables(plan)))
+    return tuple(jax.tree.map(lambda a: _global_array(a, by_model), tree) for tree in trees)
+
+
+def shard_network(plan: Plan, network, mesh: Mesh) -> ShardedNetwork:
+    """Puts the network's values and the plan's tables on ``mesh`` (model axis = partition)."""
+    return ShardedNetwork(plan, mesh, *_put_by_model(mesh, plan.num_parts, layout_values(plan, network),
+                                                     _device_tables(plan)))
 
 
 def put_inputs(sn: ShardedNetwork, x_local: np.ndarray) -> jax.Array:
