@@ -30,7 +30,7 @@ from jax.sharding import PartitionSpec as Spec
 from jaxsdnn import kernels
 from jaxsdnn.plan import layout_values
 from jaxsdnn.sharded import DATA_AXIS, MODEL_AXIS, _exchange, _global_array, _put_by_model
-from jaxsdnn.stacking import Segment, StackedPlan, StackedTables, stack_values
+from jaxsdnn.stacking import StackedPlan, StackedTables, stack_values
 
 __all__ = ["StackedNetwork", "compact_columns", "insert_columns", "put_activations", "scalar", "segment_chunk", "shard_stacked"]
 
