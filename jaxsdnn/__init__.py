@@ -26,7 +26,7 @@ from jaxsdnn.models import from_masks, magnitude_prune, radixnet_mlp, random_fan
 from jaxsdnn.network import SparseNetwork
 from jaxsdnn.partition import Partition, load_partition, partition_network, save_partition
 from jaxsdnn.plan import Plan, build_plan
-from jaxsdnn.radixnet import random_images
+from jaxsdnn.radixnet import challenge_images, random_images
 from jaxsdnn.sharded import (
     DATA_AXIS,
     MODEL_AXIS,
@@ -53,6 +53,7 @@ __all__ = [
     "SparseNetwork",
     "build_hypergraph",
     "build_plan",
+    "challenge_images",
     "communication_matrix",
     "connectivity_volume",
     "device_chain_bound",

@@ -311,11 +311,12 @@ def run_inference(
         t0 = time.perf_counter()
         first = one_pass()
         wall = time.perf_counter() - t0
-    times = [max(wall - compiled.seconds, 0.0)] if repeats <= 1 else []
-    for _ in range(max(0, repeats)) if repeats > 1 else ():
+    def timed() -> float:
         t0 = time.perf_counter()
         one_pass()
-        times.append(time.perf_counter() - t0)
+        return time.perf_counter() - t0
+
+    times = [max(wall - compiled.seconds, 0.0)] if repeats <= 1 else [timed() for _ in range(repeats)]
     seconds = float(np.median(times))
     scores = first.scores(n_img)
     stats = dict(
