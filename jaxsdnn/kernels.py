@@ -196,8 +196,14 @@ def grouped_sampled_dense_dense(dz: jax.Array, x: jax.Array, group_cols: jax.Arr
 
 
 def activation(z: jax.Array, cap: float | None) -> jax.Array:
-    """ReLU, capped at ``cap`` when it is not None (Graph Challenge: 32)."""
-    return jnp.maximum(z, 0) if cap is None else jnp.clip(z, 0, cap)
+    """ReLU, capped at ``cap`` when it is not None (Graph Challenge: 32).
+
+    Written with ``where`` so that its derivative under ``jax.grad`` is :func:`activation_mask`:
+    0 at the ties ``z == 0`` and ``z == cap``, like ``jax.nn.relu`` and the hand-written backward
+    (``jnp.maximum`` / ``jnp.clip`` give 0.5 there).
+    """
+    y = jnp.where(z > 0, z, jnp.zeros_like(z))
+    return y if cap is None else jnp.where(z < cap, y, jnp.full_like(z, cap))
 
 
 def activation_mask(z: jax.Array, cap: float | None) -> jax.Array:

@@ -130,16 +130,23 @@ def init_values(masks: Sequence, seed: int = 0, linear_last: bool = True) -> Spa
     return SparseNetwork.from_scipy(mats, 0.0, None)
 
 
-def from_masks(masks: Sequence, seed: int = 0, keep_values: bool = False) -> SparseNetwork:
+def from_masks(masks, seed: int = 0, keep_values: bool = False, biases=None) -> SparseNetwork:
     """A trainable network from user-supplied layer patterns (e.g. :func:`magnitude_prune` output).
 
     Args:
         masks: ``L`` scipy sparse ``[n_{k-1}, n_k]`` that chain; ``masks[0]`` has ``features`` rows
-            and ``masks[-1]`` ``num_classes`` columns.
+            and ``masks[-1]`` ``num_classes`` columns. A :class:`SparseNetwork` gives its layers,
+            and its biases unless ``biases`` is given.
         seed: seeds :func:`init_values`.
         keep_values: start from the masks' stored values (e.g. the surviving pruned weights)
             instead of a fresh He initialisation.
+        biases: per layer a ``[n_k]`` array or a scalar (as :meth:`SparseNetwork.from_scipy`), or
+            one scalar for all; ``None``: a network's own biases, else 0.
     """
+    if isinstance(masks, SparseNetwork):
+        biases = masks.biases if biases is None else biases
+        masks = masks.weights
+    biases = 0.0 if biases is None else biases
     if len(masks) == 0:
         raise ValueError("from_masks: need at least one layer")
     for k, m in enumerate(masks):
@@ -150,8 +157,9 @@ def from_masks(masks: Sequence, seed: int = 0, keep_values: bool = False) -> Spa
                 f"from_masks: layer {k + 1} has {m.shape[0]} inputs but layer {k} has {masks[k - 1].shape[1]} outputs"
             )
     if keep_values:
-        return SparseNetwork.from_scipy([sp.csr_array(m, dtype=np.float32) for m in masks], 0.0, None)
-    return init_values(masks, seed)
+        return SparseNetwork.from_scipy([sp.csr_array(m, dtype=np.float32) for m in masks], biases, None)
+    fresh = init_values(masks, seed)
+    return SparseNetwork.from_scipy(fresh.weights, biases, None)
 
 
 def magnitude_prune(dense_weights: Sequence[np.ndarray], density: float, keep_per_output: int = 1) -> list[sp.csr_array]:

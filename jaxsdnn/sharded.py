@@ -309,13 +309,23 @@ def sharded_forward(sn: ShardedNetwork, linear_last: bool = False):
     return jax.jit(jax.shard_map(per_device, mesh=sn.mesh, in_specs=(pspec, tspec, act), out_specs=act))
 
 
-def sharded_loss_and_grads(sn: ShardedNetwork, global_batch: int):
-    """A jitted ``f(params, tables, x, labels) -> (mean loss, grads)``; grads match ``params``."""
+def sharded_loss_and_grads(sn: ShardedNetwork, global_batch: int | None = None):
+    """A jitted ``f(params, tables, x, labels) -> (mean loss, grads)``; grads match ``params``.
+
+    The batch size comes from ``labels`` (``[batch]``, split over the data axis) each time the
+    function is traced, so one function serves every batch size. ``global_batch``, if given, is
+    checked against it: a batch of another size is an error, never a silently rescaled loss.
+    """
     pspec, tspec = _specs(sn)
-    body = functools.partial(local_loss_and_grads, rounds=sn.rounds, cap=sn.cap, global_batch=global_batch)
+    data = sn.mesh.shape[DATA_AXIS]
 
     def per_device(params, tables, x, labels):
-        loss, grads = body(_squeeze(params), _squeeze(tables), x[0], labels)
+        batch = labels.shape[0] * data
+        if global_batch is not None and batch != global_batch:
+            raise ValueError(f"the labels hold a batch of {batch} samples but this function was built for "
+                             f"global_batch={global_batch}")
+        loss, grads = local_loss_and_grads(_squeeze(params), _squeeze(tables), x[0], labels, rounds=sn.rounds,
+                                           cap=sn.cap, global_batch=batch)
         return loss, jax.tree.map(lambda g: g[None], grads)
 
     act = Spec(MODEL_AXIS, None, DATA_AXIS)

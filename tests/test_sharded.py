@@ -199,3 +199,26 @@ def test_dense_block_weight_gradient_matches_reference(model, data, method):
     for k in range(net.num_layers):
         _close(g.weights[k].data, ref_gw[k])
         _close(g.biases[k], ref_gb[k])
+
+
+def test_relu_derivative_is_zero_at_ties_on_both_gradient_paths():
+    """jax.grad through the forward and the hand-written backward agree where z is exactly 0 or the cap."""
+    from jaxsdnn import kernels
+
+    z = jnp.array([-1.0, 0.0, 0.5, 3.0, 4.0], jnp.float32)
+    for cap, expect in [(None, [0, 0, 1, 1, 1]), (3.0, [0, 0, 1, 0, 0])]:
+        grad = jax.grad(lambda v: jnp.sum(kernels.activation(v, cap)))(z)
+        np.testing.assert_array_equal(grad, expect)
+        np.testing.assert_array_equal(kernels.activation_mask(z, cap), expect)
+        np.testing.assert_array_equal(kernels.activation(z, cap), np.clip(z, 0, cap if cap else np.inf))
+
+
+def test_loss_batch_comes_from_the_input(net):
+    x, labels, plan, sn, xl = _setup(net, 2, 1, "block")
+    half = BATCH // 2
+    x2 = sharded.put_inputs(sn, plan_lib.inputs_to_local(plan, x[:half]))
+    y2 = sharded.put_labels(sn, labels[:half])
+    loss, _ = sharded.sharded_loss_and_grads(sn)(sn.params, sn.tables, x2, y2)
+    _close(float(loss), reference.loss_and_grads(net, x[:half], labels[:half])[0])  # the mean over 12, not 24
+    with pytest.raises(ValueError, match=f"batch of {half} samples but this function was built for global_batch={BATCH}"):
+        sharded.sharded_loss_and_grads(sn, BATCH)(sn.params, sn.tables, x2, y2)

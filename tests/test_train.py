@@ -78,6 +78,21 @@ def test_magnitude_prune_and_from_masks():
         models.from_masks([masks[0], sp.random_array((5, 4), density=0.5)])
 
 
+def test_from_masks_keeps_biases():
+    rng = np.random.default_rng(1)
+    masks = models.magnitude_prune([rng.standard_normal((12, 8)), rng.standard_normal((8, 3))], 0.5)
+    biases = [rng.standard_normal(8).astype(np.float32), rng.standard_normal(3).astype(np.float32)]
+    given = models.from_masks(masks, keep_values=True, biases=biases)
+    np.testing.assert_array_equal(given.biases[1], biases[1])
+    again = models.from_masks(given, keep_values=True)  # a network keeps its own values and biases
+    np.testing.assert_array_equal(again.weights[0].data, given.weights[0].data)
+    np.testing.assert_array_equal(again.biases[0], biases[0])
+    fresh = models.from_masks(given, seed=3)  # new weights, the network's biases
+    assert not np.array_equal(fresh.weights[0].data, given.weights[0].data)
+    np.testing.assert_array_equal(fresh.biases[0], biases[0])
+    assert np.all(models.from_masks(masks).biases[0] == 0)
+
+
 def test_graphchallenge_model(gc_dir):
     cfg = load_config(Path(__file__).parent.parent / "configs" / "graphchallenge.yaml",
                       ["network.layers=2", f"network.path={gc_dir}/neuron1024"])
