@@ -31,6 +31,7 @@ ROW_BLOCK = 8
 __all__ = [
     "activation",
     "activation_mask",
+    "as_bcoo",
     "bucketed_spmm",
     "gather_rows",
     "grouped_sampled_dense_dense",
@@ -117,6 +118,18 @@ def grouped_spmm(x: jax.Array, group_cols: jax.Array, value: jax.Array) -> jax.A
     xg = jnp.take(x, group_cols, axis=0, mode="fill", fill_value=0)  # [G, width, batch]
     z = jnp.einsum("grw,gwb->grb", value.reshape(G, rows // G, width), xg)
     return z.reshape(rows, x.shape[1])
+
+
+def as_bcoo(index: jax.Array, value: jax.Array, n_in: int):
+    """A padded-row block as a ``jax.experimental.sparse.BCOO`` ``[rows, n_in]`` with one batch
+    dimension over rows: ``as_bcoo(index, value, n_in) @ x == padded_spmm(x, index, value)``.
+
+    The block's sentinel indices (``>= n_in``) are BCOO's own padding. For interoperation and
+    inspection: the generic BCOO product was measured 9x slower than :func:`padded_spmm` here.
+    """
+    from jax.experimental import sparse
+
+    return sparse.BCOO((value, index[..., None]), shape=(index.shape[0], int(n_in)))
 
 
 def bucketed_spmm(x: jax.Array, index: Sequence[jax.Array], value: Sequence[jax.Array],

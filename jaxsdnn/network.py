@@ -136,6 +136,37 @@ class SparseNetwork:
             biases = list(bias)
         return cls(tuple(matrices), tuple(biases), cap)
 
+    @classmethod
+    def from_bcoo(cls, matrices: Sequence, bias: float | Sequence = 0.0, cap: float | None = None) -> SparseNetwork:
+        """Builds a network from ``jax.experimental.sparse.BCOO`` matrices (e.g. pruned in JAX).
+
+        Each matrix is a 2-D BCOO ``[n_{k-1}, n_k]`` without batch or dense dimensions; entries
+        whose indices are out of range are padding (as BCOO itself pads) and are dropped; stored
+        zeros are kept as edges; duplicate indices are an error (sum them first with
+        ``bcoo_sum_duplicates`` if that is what they mean). ``bias`` and ``cap`` as
+        :meth:`from_scipy`.
+        """
+        out = []
+        for k, m in enumerate(matrices):
+            if not (hasattr(m, "indices") and hasattr(m, "n_batch")) or m.ndim != 2 or m.n_batch or m.n_dense:
+                raise ValueError(f"layer {k + 1}: expected a 2-D BCOO without batch or dense dimensions, got "
+                                 f"{type(m).__name__} of shape {getattr(m, 'shape', None)}")
+            idx, data = np.asarray(m.indices), np.asarray(m.data, dtype=np.float32)
+            keep = (idx[:, 0] < m.shape[0]) & (idx[:, 1] < m.shape[1])
+            out.append(sp.coo_array((data[keep], (idx[keep, 0], idx[keep, 1])), shape=m.shape))
+        return cls.from_scipy(out, bias, cap)
+
+    def to_bcoo(self) -> list:
+        """The layers as ``jax.experimental.sparse.BCOO`` ``[n_{k-1}, n_k]`` (sorted, unique indices)."""
+        from jax.experimental import sparse
+
+        out = []
+        for w in self.weights:
+            coo = w.tocoo()  # CSR order: sorted by row, then column
+            indices = np.stack([coo.row, coo.col], axis=1).astype(np.int32)
+            out.append(sparse.BCOO((coo.data, indices), shape=w.shape, indices_sorted=True, unique_indices=True))
+        return out
+
     def to_scipy(self) -> list[sp.csr_array]:
         """The layers as (copies of) scipy CSR arrays ``[n_{k-1}, n_k]``."""
         return [w.copy() for w in self.weights]
