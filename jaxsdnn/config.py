@@ -7,8 +7,8 @@ and wrongly typed values are rejected with the key, the file, the expected type 
     network:   {kind: radixnet, width: 256, hidden_layers: 5, copies: 8, fan_in: 16, input_fan_in: 6,
                 head_fan_in: 0, path: "", layers: 6, init: he, seed: 0}
     partition: {method: block, devices: 4, data_parallel: 1, epsilon: 0.03, seed: 0, threads: 1}
-    train:     {optimizer: adam, lr: 0.003, momentum: 0.9, schedule: constant, warmup_steps: 0, epochs: 10,
-                batch_size: 64, seed: 0, max_steps: null, eval_batch_size: 512, log_every: 10,
+    train:     {optimizer: adam, lr: 0.003, momentum: 0.9, weight_decay: 0.0, clip_norm: 0.0,
+                schedule: constant, warmup_steps: 0, epochs: 10, batch_size: 64, seed: 0, max_steps: null, eval_batch_size: 512, log_every: 10,
                 checkpoint_every: 200, keep_checkpoints: 3}
 
 Overrides are ``dotted.key=value`` strings; the value is parsed with ``yaml.safe_load`` and checked
@@ -142,9 +142,13 @@ class TrainConfig:
     """``train``: optimisation, logging and checkpoints.
 
     Attributes:
-        optimizer: ``adam`` | ``sgd`` (with ``momentum``; 0 for plain SGD).
+        optimizer: ``adam`` | ``adamw`` (decoupled ``weight_decay``) | ``sgd`` (with ``momentum``; 0
+            for plain SGD).
         lr: peak learning rate.
         momentum: SGD momentum.
+        weight_decay: ``adamw``'s decoupled weight decay (0: none).
+        clip_norm: clip the gradients to this global norm before the optimizer (0: no clipping).
+            Padding slots hold zero gradients, so they change neither the norm nor a decay.
         schedule: ``constant`` | ``cosine`` (decay to 0 over all steps), after ``warmup_steps`` linear warm-up.
         warmup_steps: linear warm-up steps.
         epochs: passes over the training set.
@@ -157,9 +161,11 @@ class TrainConfig:
         keep_checkpoints: newest checkpoints kept in ``run_dir/checkpoints``.
     """
 
-    optimizer: str = _choice("adam", "adam", "sgd")
+    optimizer: str = _choice("adam", "adam", "adamw", "sgd")
     lr: float = _at_least(3e-3, 0.0)
     momentum: float = _at_least(0.9, 0.0)
+    weight_decay: float = _at_least(0.0, 0.0)
+    clip_norm: float = _at_least(0.0, 0.0)
     schedule: str = _choice("constant", "constant", "cosine")
     warmup_steps: int = _at_least(0, 0)
     epochs: int = _at_least(10, 0)

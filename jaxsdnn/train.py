@@ -123,16 +123,21 @@ def make_optimizer(cfg, total_steps: int) -> tuple[optax.GradientTransformation,
     lr = cfg.lr if (cfg.schedule == "constant" and not cfg.warmup_steps) else schedule
     if cfg.optimizer == "adam":
         opt = optax.adam(lr)
+    elif cfg.optimizer == "adamw":
+        opt = optax.adamw(lr, weight_decay=cfg.weight_decay)
     elif cfg.optimizer == "sgd":
         opt = optax.sgd(lr, momentum=cfg.momentum or None)
     else:
-        raise ValueError(f"train.optimizer: unknown optimizer {cfg.optimizer!r}, expected 'adam' or 'sgd'")
+        raise ValueError(f"train.optimizer: unknown optimizer {cfg.optimizer!r}, expected 'adam', 'adamw' or 'sgd'")
+    if cfg.clip_norm:
+        opt = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), opt)
     return opt, schedule
 
 
 def _optimizer_key(cfg, total_steps: int) -> tuple:
     uses_total = cfg.schedule != "constant"
-    return (cfg.optimizer, cfg.lr, cfg.momentum, cfg.schedule, cfg.warmup_steps, total_steps if uses_total else None)
+    return (cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.clip_norm, cfg.schedule, cfg.warmup_steps,
+            total_steps if uses_total else None)
 
 
 def _cached(cache: collections.OrderedDict, key, build):

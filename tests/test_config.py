@@ -46,7 +46,7 @@ def test_unknown_key_names_key_and_file(tmp_path):
         ("data:\n  path: 3\n", "data.path: expected str, got 3 \\(int\\)"),
         ("train:\n  max_steps: x\n", "train.max_steps: expected int or null, got 'x'"),
         ("train: 5\n", "train: expected a mapping of keys, got 5"),
-        ("train:\n  optimizer: lamb\n", "train.optimizer: 'lamb' is not one of \\['adam', 'sgd'\\]"),
+        ("train:\n  optimizer: lamb\n", "train.optimizer: 'lamb' is not one of \\['adam', 'adamw', 'sgd'\\]"),
         ("train:\n  batch_size: 0\n", "train.batch_size: 0 is below the minimum 1"),
     ],
 )

@@ -127,6 +127,26 @@ def test_train_lowers_loss_and_writes_checkpoint(tmp_path, capsys):
         "step_000000020.npz", "step_000000040.npz", "step_000000045.npz"]
 
 
+def test_adamw_with_clipping_from_the_config(tmp_path):
+    """adamw's decoupled weight decay and global-norm clipping, as a config asks for them."""
+    import optax
+
+    from jaxsdnn.train import make_optimizer
+
+    cfg = load_config(None, TINY + ["train.optimizer=adamw", "train.weight_decay=0.1", "train.clip_norm=1.0"])
+    opt, _ = make_optimizer(cfg.train, total_steps=10)
+    params = {"w": np.array([1.0, 0.0], np.float32), "b": np.array([2.0], np.float32)}  # w[1]: a padding slot
+    grads = {"w": np.array([300.0, 0.0], np.float32), "b": np.array([400.0], np.float32)}  # norm 500
+    expect = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(0.01, weight_decay=0.1))
+    got, _ = opt.update(grads, opt.init(params), params)
+    want, _ = expect.update(grads, expect.init(params), params)
+    for k in params:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-6)
+    assert got["w"][1] == 0  # padding: zero weight, zero gradient, no decay
+    summary = train(cfg, tmp_path / "run", progress=False, devices=jax.devices()[:2], model_parallel=2)
+    assert summary["test_accuracy"] > 0.5
+
+
 def test_resume_reproduces_uninterrupted_losses(tmp_path):
     cfg = load_config(None, TINY)
     full = train(cfg, tmp_path / "full", progress=False)
