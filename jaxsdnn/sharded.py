@@ -139,13 +139,22 @@ def shard_network(plan: Plan, network, mesh: Mesh) -> ShardedNetwork:
                                                      _device_tables(plan)))
 
 
+def _check_batch(mesh: Mesh, batch: int, what: str) -> None:
+    data = mesh.shape[DATA_AXIS]
+    if batch % data:
+        raise ValueError(f"{what}: a batch of {batch} samples cannot be split over the {data} devices of the "
+                         f"{DATA_AXIS!r} axis; use a multiple of {data}")
+
+
 def put_inputs(sn: ShardedNetwork, x_local: np.ndarray) -> jax.Array:
     """Feature-major inputs ``[P, n_local[0], batch]`` onto the mesh (batch over the data axis)."""
+    _check_batch(sn.mesh, np.shape(x_local)[-1], "put_inputs")
     return _global_array(x_local, NamedSharding(sn.mesh, Spec(MODEL_AXIS, None, DATA_AXIS)))
 
 
 def put_labels(sn: ShardedNetwork, labels: np.ndarray) -> jax.Array:
     """Labels ``[batch]`` int32 onto the mesh (split over the data axis)."""
+    _check_batch(sn.mesh, np.shape(labels)[0], "put_labels")
     return _global_array(np.asarray(labels, np.int32), NamedSharding(sn.mesh, Spec(DATA_AXIS)))
 
 

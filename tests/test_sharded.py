@@ -222,3 +222,11 @@ def test_loss_batch_comes_from_the_input(net):
     _close(float(loss), reference.loss_and_grads(net, x[:half], labels[:half])[0])  # the mean over 12, not 24
     with pytest.raises(ValueError, match=f"batch of {half} samples but this function was built for global_batch={BATCH}"):
         sharded.sharded_loss_and_grads(sn, BATCH)(sn.params, sn.tables, x2, y2)
+
+
+def test_a_batch_the_data_axis_cannot_split_is_refused_by_name(net):
+    x, labels, plan, sn, xl = _setup(net, 2, 3, "block")
+    with pytest.raises(ValueError, match="a batch of 10 samples cannot be split over the 3 devices of the 'data' axis"):
+        sharded.put_inputs(sn, plan_lib.inputs_to_local(plan, x[:10]))
+    with pytest.raises(ValueError, match="put_labels: a batch of 7 samples"):
+        sharded.put_labels(sn, labels[:7])
