@@ -313,9 +313,13 @@ def _cmd_generate(args) -> dict:
         io.write_images(images_path, imgs)
         out.update(images=args.images, images_file=images_path, image_kind=args.image_kind)
         if args.survivors:  # run the network once: how many images reach the last layer
-            from jaxsdnn import engine
+            import numpy as np
 
-            result = engine.run_inference(radixnet.radixnet(args.neurons, args.layers, seed=args.seed, bias=bias), imgs)
+            from jaxsdnn import engine
+            from jaxsdnn.network import SparseNetwork
+
+            with_bias = SparseNetwork(net.weights, tuple(np.full(b.shape, bias, np.float32) for b in net.biases), net.cap)
+            result = engine.run_inference(with_bias, imgs)
             truth = os.path.join(args.out, f"neuron{args.neurons}-l{args.layers}-categories.tsv")
             io.write_categories(truth, result.categories)
             out.update(survivors=int(result.categories.size), survivor_fraction=result.categories.size / args.images,
@@ -393,9 +397,9 @@ def _write_scores(path: str, scores) -> None:
         return
     coo = sp.coo_array(scores)
     order = np.lexsort((coo.col, coo.row))
+    table = np.column_stack([coo.row[order] + 1, coo.col[order] + 1, coo.data[order]])
     with atomic_write(path, "w") as f:
-        for r, c, v in zip(coo.row[order] + 1, coo.col[order] + 1, coo.data[order]):
-            f.write(f"{r}\t{c}\t{v:.9g}\n")
+        np.savetxt(f, table, fmt=["%d", "%d", "%.9g"], delimiter="\t")
 
 
 def _peak_rss_bytes() -> int:

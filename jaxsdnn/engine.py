@@ -152,7 +152,7 @@ class _Pass:
     """
 
     def __init__(self, sn: segments.StackedNetwork, network: SparseNetwork, compact: bool, batch: int):
-        self.sn, self.compact, self.batch = sn, compact, batch
+        self.sn, self.batch = sn, batch
         self.data = sn.mesh.shape[sharded.DATA_AXIS]
         self.L = network.num_layers
         self.can_drop = _can_drop_after(network) if compact else np.zeros(self.L + 1, bool)
@@ -169,7 +169,7 @@ class _Pass:
         seg = self.sn.splan.segments[s]
         stop = min(stop, seg.stop)
         if x.shape[1] != seg.n_rows:  # entering a wider segment
-            x = segments.compact_columns(self.sn.mesh, x, np.arange(x.shape[2]), seg.n_rows)
+            x = segments.pad_rows(self.sn.mesh, x, seg.n_rows)
         f = segments.segment_chunk(self.sn, s)
         m = self.sn.mesh
         y, alive, bad = f(self.sn.params[s], self.sn.tables[s], x, segments.scalar(m, layer - seg.start),
@@ -199,8 +199,7 @@ class _Pass:
             new = _bucket(n_alive, self.data, x.shape[2])
             if new < x.shape[2]:
                 keep = np.flatnonzero(alive)
-                x = segments.compact_columns(mesh, x, np.concatenate([keep, np.full(new - keep.size, x.shape[2])]),
-                                             x.shape[1])
+                x = segments.compact_columns(mesh, x, np.concatenate([keep, np.full(new - keep.size, x.shape[2])]))
                 ids = np.concatenate([ids[keep], np.full(new - keep.size, -1)])
                 if new * POOL_SHRINK <= self.batch and layer < self.L:
                     self._park(x, ids, layer)
@@ -228,7 +227,7 @@ class _Pass:
         keep = np.flatnonzero(ids >= 0)
         new = _bucket(keep.size, self.data, self.batch)
         cols = np.concatenate([keep, np.full(new - keep.size, self.batch)])
-        self.run(segments.compact_columns(self.sn.mesh, buffer, cols, buffer.shape[1]),
+        self.run(segments.compact_columns(self.sn.mesh, buffer, cols),
                  np.concatenate([ids[keep], np.full(new - keep.size, -1)]), layer)
 
     def _collect(self, x, ids: np.ndarray) -> None:

@@ -2,9 +2,10 @@
 
 The device half of :mod:`jaxsdnn.stacking`. A segment's layers run as one loop over its stacked
 tables (``lax.fori_loop`` with traced bounds), so one compiled program serves every layer range
-of the segment and every depth; programs are cached per (mesh, segment shape, batch size), and
-the tables are arguments, not constants, so JAX's persistent compilation cache serves a second
-process running the same network shapes.
+of the segment and every depth. The jitted functions are cached per (mesh, exchange rounds,
+ReLU cap) and jit specialises them on the table and batch shapes; the tables are arguments, not
+constants, so JAX's persistent compilation cache serves a second process running the same
+network shapes.
 
 Each chunk also returns, per sample, the number of nonzero activations summed over the model axis
 (a ``psum`` of one int per sample, never the activations) and the count of non-finite values:
@@ -32,7 +33,7 @@ from jaxsdnn.plan import layout_values
 from jaxsdnn.sharded import DATA_AXIS, MODEL_AXIS, _exchange, _global_array, _put_by_model
 from jaxsdnn.stacking import StackedPlan, StackedTables, stack_values
 
-__all__ = ["StackedNetwork", "compact_columns", "insert_columns", "put_activations", "scalar", "segment_chunk", "shard_stacked"]
+__all__ = ["StackedNetwork", "compact_columns", "insert_columns", "pad_rows", "put_activations", "scalar", "segment_chunk", "shard_stacked"]
 
 jax.tree_util.register_dataclass(StackedTables, data_fields=["index", "send", "group_cols"], meta_fields=[])
 
@@ -123,19 +124,27 @@ def segment_chunk(sn: StackedNetwork, s: int):
 
 
 @functools.lru_cache(maxsize=64)
-def _compact_fn(mesh: Mesh, n_rows: int):
-    def f(x, columns):
-        y = jnp.take(x, columns, axis=2, mode="fill", fill_value=0)
-        return jnp.pad(y, ((0, 0), (0, n_rows - y.shape[1]), (0, 0))) if n_rows > y.shape[1] else y
-
-    return jax.jit(f, out_shardings=NamedSharding(mesh, ACTIVATION_SPEC))
+def _compact_fn(mesh: Mesh):
+    return jax.jit(lambda x, columns: jnp.take(x, columns, axis=2, mode="fill", fill_value=0),
+                   out_shardings=NamedSharding(mesh, ACTIVATION_SPEC))
 
 
-def compact_columns(mesh: Mesh, x: jax.Array, columns: np.ndarray, n_rows: int) -> jax.Array:
-    """``x[:, :, columns]`` (out-of-range columns give zeros), rows zero-padded to ``n_rows``,
-    the batch split evenly over the data axis again (samples move between data shards)."""
+@functools.lru_cache(maxsize=64)
+def _pad_fn(mesh: Mesh, n_rows: int):
+    return jax.jit(lambda x: jnp.pad(x, ((0, 0), (0, n_rows - x.shape[1]), (0, 0))),
+                   out_shardings=NamedSharding(mesh, ACTIVATION_SPEC))
+
+
+def pad_rows(mesh: Mesh, x: jax.Array, n_rows: int) -> jax.Array:
+    """``x`` ``[P, rows, batch]`` zero-padded to ``n_rows`` rows (entering a wider segment)."""
+    return _pad_fn(mesh, int(n_rows))(x)
+
+
+def compact_columns(mesh: Mesh, x: jax.Array, columns: np.ndarray) -> jax.Array:
+    """``x[:, :, columns]`` (out-of-range columns give zeros), the batch split evenly over the
+    data axis again (samples move between data shards)."""
     cols = _global_array(np.asarray(columns, np.int32), NamedSharding(mesh, Spec()))
-    return _compact_fn(mesh, int(n_rows))(x, cols)
+    return _compact_fn(mesh)(x, cols)
 
 
 @functools.lru_cache(maxsize=64)
