@@ -6,7 +6,9 @@ The pipeline, one module per stage::
 
 with ``bounds`` beside ``partition``: how low any layer-balanced partition's volume can go.
 
-The generator and the training loop live in their modules (``jaxsdnn.radixnet.radixnet``,
+The user's door is :func:`apply` (``jaxsdnn.forward``): ``loss(apply(model, params, x))`` under
+``jax.value_and_grad``, with the hand-written sharded backward as its VJP; :mod:`jaxsdnn.losses`
+holds ready losses. The generator and the training loop live in their modules (``jaxsdnn.radixnet.radixnet``,
 ``jaxsdnn.train.train``): re-exporting a function under its module's name would shadow the module.
 Importing the package sets up no devices: the CLI and scripts do that (simulated CPU devices via
 ``jax_num_cpu_devices``, many hosts via ``jax.distributed``). It does tell glibc to keep freed host
@@ -17,8 +19,10 @@ from jaxsdnn._hostmem import keep_freed_host_memory
 from jaxsdnn.bounds import device_chain_bound
 from jaxsdnn.checkpoint import load_checkpoint, save_checkpoint
 from jaxsdnn.config import load_config
+from jaxsdnn import losses
 from jaxsdnn.data import Dataset, load_dataset
 from jaxsdnn.engine import InferenceResult, run_inference
+from jaxsdnn.forward import Model, SparseParams, apply, num_params, param_mask, shard_model, to_network
 from jaxsdnn.hypergraph import build_hypergraph, connectivity_volume
 from jaxsdnn.io import read_categories, read_images, read_network, write_categories, write_images, write_network
 from jaxsdnn.metrics import communication_matrix, partition_metrics
@@ -47,10 +51,13 @@ __all__ = [
     "Dataset",
     "InferenceResult",
     "MODEL_AXIS",
+    "Model",
     "Partition",
     "Plan",
     "ShardedNetwork",
     "SparseNetwork",
+    "SparseParams",
+    "apply",
     "build_hypergraph",
     "build_plan",
     "challenge_images",
@@ -62,8 +69,11 @@ __all__ = [
     "load_config",
     "load_dataset",
     "load_partition",
+    "losses",
     "magnitude_prune",
     "make_mesh",
+    "num_params",
+    "param_mask",
     "partition_metrics",
     "partition_network",
     "radixnet_mlp",
@@ -75,10 +85,12 @@ __all__ = [
     "run_inference",
     "save_checkpoint",
     "save_partition",
+    "shard_model",
     "shard_network",
     "sharded_forward",
     "sharded_loss_and_grads",
     "sharded_predict",
+    "to_network",
     "write_categories",
     "write_images",
     "write_network",
