@@ -22,7 +22,7 @@ from jaxsdnn.config import load_config
 from jaxsdnn import losses
 from jaxsdnn.data import Dataset, load_dataset
 from jaxsdnn.engine import InferenceResult, run_inference
-from jaxsdnn.forward import Model, SparseParams, apply, num_params, param_mask, shard_model, to_network
+from jaxsdnn.forward import Model, SparseParams, apply, num_params, param_mask, shard_batch, shard_model, to_network
 from jaxsdnn.hypergraph import build_hypergraph, connectivity_volume
 from jaxsdnn.io import read_categories, read_images, read_network, write_categories, write_images, write_network
 from jaxsdnn.metrics import communication_matrix, partition_metrics
@@ -85,6 +85,7 @@ __all__ = [
     "run_inference",
     "save_checkpoint",
     "save_partition",
+    "shard_batch",
     "shard_model",
     "shard_network",
     "sharded_forward",

@@ -40,6 +40,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from jaxsdnn._atomic import atomic_write
+from jaxsdnn.forward import SparseParams
 from jaxsdnn.network import SparseNetwork
 from jaxsdnn.plan import Plan, layout_values, values_to_network
 
@@ -96,7 +97,9 @@ class Checkpoint:
 
 
 def _is_params_like(x) -> bool:
-    return isinstance(x, dict) and set(x) == {"w", "b"}
+    """A sparse-params node: :class:`jaxsdnn.forward.SparseParams` (or the older ``{"w", "b"}`` dict
+    of :func:`jaxsdnn.sharded.shard_network`)."""
+    return isinstance(x, SparseParams) or (isinstance(x, dict) and set(x) == {"w", "b"})
 
 
 def _checkpoint_path(directory: Path, step: int) -> Path:
@@ -348,7 +351,8 @@ def restore_opt_state(checkpoint: Checkpoint, plan: Plan, template):
     out = []
     for i, (t, leaf) in enumerate(zip(t_leaves, checkpoint.opt_leaves)):
         if _is_params_like(t):
-            out.append(layout_values(plan, checkpoint.network.with_values(*leaf)))
+            values = layout_values(plan, checkpoint.network.with_values(*leaf))
+            out.append(type(t)(values["w"], values["b"]) if not isinstance(t, dict) else values)
         else:
             t = np.asarray(t)
             if leaf.shape != t.shape or leaf.dtype != t.dtype:

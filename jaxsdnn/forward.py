@@ -50,9 +50,10 @@ from jax.sharding import PartitionSpec as Spec
 from jaxsdnn import kernels
 from jaxsdnn.network import SparseNetwork
 from jaxsdnn.plan import LayerTables, Plan, build_plan, layout_values, values_to_network
-from jaxsdnn.sharded import DATA_AXIS, MODEL_AXIS, _exchange, _put_by_model, _return_partials, _transposed_spmm
+from jaxsdnn.sharded import (DATA_AXIS, MODEL_AXIS, _check_batch, _exchange, _global_array, _put_by_model, _return_partials,
+                             _transposed_spmm)
 
-__all__ = ["Model", "SparseParams", "apply", "num_params", "param_mask", "shard_model", "to_network"]
+__all__ = ["Model", "SparseParams", "apply", "num_params", "param_mask", "shard_batch", "shard_model", "to_network"]
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["w", "b"], meta_fields=[])
@@ -174,6 +175,22 @@ def shard_model(network: SparseNetwork, partition, mesh: Mesh, *, max_buckets: i
     tables, params = _put_by_model(mesh, plan.num_parts, _model_tables(plan), SparseParams(values["w"], values["b"]))
     schedule = Schedule(mesh, plan.rounds, plan.cap, tuple(plan.sizes), plan, network)
     return Model(tables, schedule), params
+
+
+def shard_batch(model: Model, *arrays):
+    """Host arrays ``[batch, ...]`` onto the model's mesh, the batch split over the data axis and
+    replicated over the model axis (what :func:`apply` reads). Every process passes the whole
+    batch (multi-host too). Returns one array, or a tuple for several.
+
+    Raises:
+        ValueError: a batch the data axis cannot split.
+    """
+    out = []
+    for a in arrays:
+        a = np.asarray(a)
+        _check_batch(model.mesh, a.shape[0], "shard_batch")
+        out.append(_global_array(a, NamedSharding(model.mesh, Spec(DATA_AXIS, *([None] * (a.ndim - 1))))))
+    return out[0] if len(out) == 1 else tuple(out)
 
 
 def to_network(model: Model, params) -> SparseNetwork:

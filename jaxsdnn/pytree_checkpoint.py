@@ -33,6 +33,7 @@ import os
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding
@@ -160,7 +161,7 @@ def save_tree(directory: str | os.PathLike, tree, model: Model, *, step: int | N
             arrays[str(i)] = x if isinstance(x, jax.Array) else np.asarray(x)
             info.update(shape=list(x.shape), dtype=str(x.dtype))
         else:
-            raise ValueError(f"save_tree: the leaf at {path} is a {type(x).__name__}; a checkpoint holds arrays, "
+            raise ValueError(f"save_tree: the leaf at {path} is of type {type(x).__name__}; a checkpoint holds arrays, "
                              "Python scalars and strings (put other values in metadata=)")
         leaves.append(info)
     meta = {
@@ -277,22 +278,30 @@ def _target(info: dict, x, where: str, meta: dict):
         raise ValueError(f"{where}: saved as {info['dtype']}{info['shape']}, like has a {_describe(x)}")
     if kind == "key":  # its key data, to the host: placed after wrapping
         return jax.ShapeDtypeStruct(tuple(info["data_shape"]), np.uint32)
-    if isinstance(x, (np.ndarray, np.generic)):
-        return jax.ShapeDtypeStruct(x.shape, x.dtype)
-    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=_sharding_of(x))  # no sharding: to the host
+
+
+def _sharding_of(x):
+    """Where a like leaf lives: its sharding, or None for NumPy, uncommitted arrays (``jnp.zeros``:
+    jit may move them, and so may the restored leaf) and ShapeDtypeStructs without one."""
+    if isinstance(x, jax.Array):
+        return x.sharding if x.committed else None
+    return getattr(x, "sharding", None)
 
 
 def _place(a, x, default=None):
-    """Restored array ``a`` as the like leaf ``x`` is: NumPy (array or scalar) stays on the host,
-    else it is placed with ``x``'s sharding (or ``default``; neither: left on the host)."""
+    """Restored value ``a`` as the like leaf ``x`` is: NumPy (array or scalar) on the host, else a jax
+    array with ``x``'s sharding (or ``default``; neither: uncommitted, on the default device)."""
     if isinstance(x, np.generic):
         return x.dtype.type(np.asarray(a)[()])
     if isinstance(x, np.ndarray):
         return np.asarray(a, x.dtype)
-    sharding = getattr(x, "sharding", None) or default
-    if sharding is None or (isinstance(a, jax.Array) and a.sharding == sharding):
-        return a
+    sharding = _sharding_of(x) or default
+    if isinstance(a, jax.Array) and a.sharding == sharding:
+        return a  # orbax placed it
     a = np.asarray(a, x.dtype)
+    if sharding is None:
+        return jnp.asarray(a)
     return jax.make_array_from_callback(a.shape, sharding, lambda index: a[index])
 
 
@@ -345,7 +354,7 @@ def restore_tree(directory: str | os.PathLike, model: Model, like, *, step: int 
         elif kind == "array":
             out.append(_place(a, x))
         elif kind == "key":
-            data = _place(a, jax.ShapeDtypeStruct(a.shape, np.uint32, sharding=getattr(x, "sharding", None)))
+            data = _place(a, jax.ShapeDtypeStruct(a.shape, np.uint32, sharding=_sharding_of(x)))
             out.append(jax.random.wrap_key_data(data, impl=info["impl"]))
         else:
             net = network.with_values([a["w"][k] for k in layers], [a["b"][k] for k in layers])

@@ -21,6 +21,11 @@ partition method, epsilon and seed (and, with a cosine schedule, epochs and warm
 saved one, keeps the checkpoint's partition, and drops ``metrics.jsonl`` lines written after
 that checkpoint. Without ``resume`` a run directory holding checkpoints is refused.
 
+The step is :func:`make_step`: ``jax.value_and_grad`` of a loss of :func:`jaxsdnn.apply` and an
+optax update, built from the public API only, so a user's own loop can use the same pieces (or
+this one); ``train(..., loss=..., optimizer=...)`` takes a loss and an optax transformation from
+Python.
+
 Multi-host: every process runs the same steps; only process 0 writes files.
 
 Compiled step and predict functions are cached per (schedule, mesh, batch, optimizer) in the
@@ -48,6 +53,8 @@ from jax.sharding import PartitionSpec as Spec
 
 from jaxsdnn import checkpoint as ckpt_lib
 from jaxsdnn import data as data_lib
+from jaxsdnn import forward
+from jaxsdnn import losses as losses_lib
 from jaxsdnn import models
 from jaxsdnn import plan as plan_lib
 from jaxsdnn import sharded
@@ -55,7 +62,7 @@ from jaxsdnn.engine import to_host
 from jaxsdnn._atomic import atomic_write
 from jaxsdnn.config import Config, config_to_dict, load_config, save_config
 
-__all__ = ["block_parts", "load_data", "make_optimizer", "partition_parts", "train"]
+__all__ = ["block_parts", "load_data", "make_optimizer", "make_step", "partition_parts", "train"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 """Relative data/network paths that do not exist under the cwd are looked up here."""
@@ -67,7 +74,6 @@ _FIXED_ON_RESUME = (
 )
 _CACHE_SIZE = 4
 _STEP_CACHE: collections.OrderedDict = collections.OrderedDict()
-_PREDICT_CACHE: collections.OrderedDict = collections.OrderedDict()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -150,11 +156,11 @@ def _cached(cache: collections.OrderedDict, key, build):
     return value
 
 
-def _shardings(sn: sharded.ShardedNetwork, opt_state):
+def _shardings(model: forward.Model, params, opt_state):
     """Shardings of params (model axis) and of the optimizer state (params-like: model axis; rest replicated)."""
-    by_model = NamedSharding(sn.mesh, Spec(sharded.MODEL_AXIS))
-    replicated = NamedSharding(sn.mesh, Spec())
-    p_sh = jax.tree.map(lambda _: by_model, sn.params)
+    by_model = NamedSharding(model.mesh, Spec(sharded.MODEL_AXIS))
+    replicated = NamedSharding(model.mesh, Spec())
+    p_sh = jax.tree.map(lambda _: by_model, params)
     o_sh = jax.tree.map(
         lambda x: jax.tree.map(lambda _: by_model, x) if ckpt_lib._is_params_like(x) else replicated,
         opt_state,
@@ -163,40 +169,52 @@ def _shardings(sn: sharded.ShardedNetwork, opt_state):
     return p_sh, o_sh, replicated
 
 
-def _step_fn(sn, batch: int, opt, opt_key, opt_state):
-    """Jitted ``step(params, opt_state, tables, x, y) -> (params, opt_state, loss)`` (cached)."""
-    key = (sn.plan.rounds, sn.plan.cap, sn.mesh, batch, jax.tree.structure(sn.params),
-           jax.tree.structure(sn.tables), opt_key)
+def make_step(opt: optax.GradientTransformation, loss=None):
+    """The training step of :func:`train`, from the public API only (not jitted)::
+
+        step(model, params, opt_state, x, labels, weights=None) -> (params, opt_state, loss)
+
+    ``loss(outputs, labels, weights)`` maps ``apply``'s ``[batch, n_L]`` logits, the labels and
+    optional ``[batch]`` sample weights to a scalar; default
+    :func:`jaxsdnn.losses.softmax_cross_entropy`.
+    """
+    loss = losses_lib.softmax_cross_entropy if loss is None else loss
+
+    def step(model, params, opt_state, x, labels, weights=None):
+        value, grads = jax.value_and_grad(lambda p: loss(forward.apply(model, p, x), labels, weights))(params)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, value
+
+    return step
+
+
+def _step_fn(model, params, batch: int, opt, opt_key, opt_state, loss):
+    """Jitted ``step(model, params, opt_state, x, y) -> (params, opt_state, loss)`` (cached)."""
+    key = (model.schedule, batch, jax.tree.structure(params), jax.tree.structure(model), opt_key, loss)
 
     def build():
-        loss_and_grads = sharded.sharded_loss_and_grads(sn, batch)
-        p_sh, o_sh, rep = _shardings(sn, opt_state)
-
-        def step(params, opt_state, tables, x, y):
-            loss, grads = loss_and_grads(params, tables, x, y)
-            updates, opt_state = opt.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state, loss
-
-        return jax.jit(step, out_shardings=(p_sh, o_sh, rep), donate_argnums=(0, 1))
+        p_sh, o_sh, rep = _shardings(model, params, opt_state)
+        return jax.jit(make_step(opt, loss), out_shardings=(p_sh, o_sh, rep), donate_argnums=(1, 2))
 
     return _cached(_STEP_CACHE, key, build)
 
 
-def _predict_fn(sn):
-    key = (sn.plan.rounds, sn.plan.cap, sn.mesh, jax.tree.structure(sn.params), jax.tree.structure(sn.tables))
-    return _cached(_PREDICT_CACHE, key, lambda: sharded.sharded_predict(sn))
+def _predict(model, params, x):
+    return jax.numpy.argmax(forward.apply(model, params, x), axis=1)
 
 
-def _accuracy(sn, params, plan, dataset: data_lib.Dataset, batch_size: int, data_parallel: int) -> float | None:
+_predict_jit = jax.jit(_predict)
+
+
+def _accuracy(model, params, dataset: data_lib.Dataset, batch_size: int, data_parallel: int) -> float | None:
     """Share of ``dataset`` predicted right (None for an empty set); batches padded to a multiple of the data axis."""
     if len(dataset) == 0:
         return None
     b = min(batch_size, len(dataset))
     b = -(-b // data_parallel) * data_parallel
-    predict = _predict_fn(sn)
     correct = 0
     for x, y, valid in data_lib.eval_batches(dataset, b):
-        pred = to_host(predict(params, sn.tables, sharded.put_inputs(sn, plan_lib.inputs_to_local(plan, x))))
+        pred = to_host(_predict_jit(model, params, forward.shard_batch(model, np.asarray(x, np.float32))))
         correct += int(np.sum(pred[:valid] == y[:valid]))
     return correct / len(dataset)
 
@@ -351,7 +369,8 @@ class _Progress:
 # train
 # ----------------------------------------------------------------------------------------------
 def train(config, run_dir, *, resume: bool = False, devices=None, data_parallel: int | None = None,
-          method: str | None = None, progress: bool = True, model_parallel: int | None = None) -> dict:
+          method: str | None = None, progress: bool = True, model_parallel: int | None = None, loss=None,
+          optimizer: optax.GradientTransformation | None = None) -> dict:
     """Trains the configured sparse network, neuron-partitioned over a ``(devices, data_parallel)`` mesh.
 
     Args:
@@ -365,6 +384,11 @@ def train(config, run_dir, *, resume: bool = False, devices=None, data_parallel:
         method: overrides ``partition.method``.
         progress: show a progress bar on stderr.
         model_parallel: overrides ``partition.devices`` (the same as an int ``devices``).
+        loss: ``loss(logits [batch, n_L], labels [batch], weights)`` -> scalar (``weights`` is
+            None here), differentiated through :func:`jaxsdnn.apply`; default
+            :func:`jaxsdnn.losses.softmax_cross_entropy`.
+        optimizer: an optax transformation to use instead of the configured one (a resumed run
+            cannot check that it is the same one; the ``lr`` column of the metrics is then null).
 
     Returns:
         a JSON-ready summary: ``test_accuracy``, ``steps``, ``seconds`` (wall time of this call),
@@ -387,9 +411,10 @@ def train(config, run_dir, *, resume: bool = False, devices=None, data_parallel:
         _check_writable(run_dir)
         with _RunLock(run_dir):
             return _train(config, run_dir, t_start, writer, resume=resume, devices=devices,
-                          data_parallel=data_parallel, method=method, progress=progress, model_parallel=model_parallel)
+                          data_parallel=data_parallel, method=method, progress=progress, model_parallel=model_parallel,
+                          loss=loss, optimizer=optimizer)
     return _train(config, run_dir, t_start, writer, resume=resume, devices=devices, data_parallel=data_parallel,
-                  method=method, progress=progress, model_parallel=model_parallel)
+                  method=method, progress=progress, model_parallel=model_parallel, loss=loss, optimizer=optimizer)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -401,7 +426,7 @@ class Diverged(ValueError):
 
 
 def _train(config, run_dir: Path, t_start: float, writer: bool, *, resume, devices, data_parallel, method, progress,
-           model_parallel) -> dict:
+           model_parallel, loss, optimizer) -> dict:
     device_pool = None
     if devices is not None and not isinstance(devices, (int, np.integer)):
         device_pool, devices = list(devices), None
@@ -452,11 +477,11 @@ def _train(config, run_dir: Path, t_start: float, writer: bool, *, resume, devic
     plan = plan_lib.build_plan(network, parts)
     parts = [np.asarray(p, dtype=np.int64) for p in getattr(parts, "parts", parts)]
     mesh = sharded.make_mesh(P, D, devices=device_pool)
-    sn = sharded.shard_network(plan, network, mesh)
+    model, params = forward.shard_model(network, plan, mesh)
 
-    opt, schedule = make_optimizer(tc, total_steps)
-    template = opt.init(jax.device_get(sn.params))
-    _, o_sh, _ = _shardings(sn, template)
+    opt, schedule = make_optimizer(tc, total_steps) if optimizer is None else (optimizer, None)
+    template = opt.init(jax.device_get(params))
+    _, o_sh, _ = _shardings(model, params, template)
     if ck is not None:
         opt_state = ckpt_lib.restore_opt_state(ck, plan, template)
         step, epoch, position = ck.step, ck.epoch, ck.position
@@ -467,10 +492,10 @@ def _train(config, run_dir: Path, t_start: float, writer: bool, *, resume, devic
         step, epoch, position = 0, 0, 0
         rng = np.asarray(jax.random.key_data(jax.random.PRNGKey(tc.seed)), dtype=np.uint32)
         last_loss = None
-    params = sn.params
     opt_state = jax.device_put(opt_state, o_sh)
-    step_fn = _step_fn(sn, tc.batch_size, opt, _optimizer_key(tc, total_steps), template)
-    x_all = plan_lib.inputs_to_local(plan, train_ds.images)  # [P, n_local0, n_train], gathered per batch
+    opt_key = _optimizer_key(tc, total_steps) if optimizer is None else ("user", id(optimizer))
+    step_fn = _step_fn(model, params, tc.batch_size, opt, opt_key, template, loss)
+    x_all = np.asarray(train_ds.images, np.float32)
     eval_ds, eval_name = (val_ds, "validation") if val_ds is not None else (test_ds, "test")
 
     metrics_path = run_dir / "metrics.jsonl"
@@ -541,18 +566,17 @@ def _train(config, run_dir: Path, t_start: float, writer: bool, *, resume, devic
         while step < stop_at and not interrupted:
             for idx, _, labels in data_lib.batches(train_ds, tc.batch_size, tc.seed, epoch, start=position):
                 t0 = time.perf_counter()
-                x = sharded.put_inputs(sn, x_all[:, :, idx])
-                y = sharded.put_labels(sn, labels)
-                params, opt_state, loss = step_fn(params, opt_state, sn.tables, x, y)
+                x, y = forward.shard_batch(model, x_all[idx], np.asarray(labels, np.int32))
+                params, opt_state, loss_value = step_fn(model, params, opt_state, x, y)
                 if compile_s is None:
-                    loss.block_until_ready()
+                    loss_value.block_until_ready()
                     compile_s = time.perf_counter() - t0
                     log({"event": "compiled", "step": step + 1, "seconds": round(compile_s, 3)})
                     window_t = time.perf_counter()
                 else:
                     run_samples += tc.batch_size
                     window_n += tc.batch_size
-                window_losses.append(loss)
+                window_losses.append(loss_value)
                 step += 1
                 position += 1
                 if step % tc.log_every == 0 or step == stop_at or position == spe:
@@ -562,12 +586,13 @@ def _train(config, run_dir: Path, t_start: float, writer: bool, *, resume, devic
                     run_t += now - window_t
                     last_loss = values[-1]
                     log({"step": step, "epoch": epoch, "loss": float(np.mean(values)),
-                         "lr": float(schedule(step - 1)), "samples_per_s": round(sps, 1)})
+                         "lr": None if schedule is None else float(schedule(step - 1)),
+                         "samples_per_s": round(sps, 1)})
                     bar.update(f"epoch {epoch + 1}/{tc.epochs} step {step}/{total_steps} "
                                f"loss {np.mean(values):.4f} {sps:,.0f} samples/s")
                     window_losses, window_n, window_t = [], 0, time.perf_counter()
                 if position == spe:
-                    acc = _accuracy(sn, params, plan, eval_ds, tc.eval_batch_size, D)
+                    acc = _accuracy(model, params, eval_ds, tc.eval_batch_size, D)
                     log({"step": step, "epoch": epoch, "eval_accuracy": acc, "eval_set": eval_name})
                     bar.line(f"epoch {epoch + 1}/{tc.epochs} step {step} {eval_name} accuracy "
                              + ("n/a (empty)" if acc is None else f"{acc:.4f}"))
@@ -583,7 +608,7 @@ def _train(config, run_dir: Path, t_start: float, writer: bool, *, resume, devic
         if interrupted:
             bar.line("")
             raise Interrupted(f"interrupted at step {step}; saved {last_ckpt} (continue with resume)")
-        test_acc = _accuracy(sn, params, plan, test_ds, tc.eval_batch_size, D)
+        test_acc = _accuracy(model, params, test_ds, tc.eval_batch_size, D)
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
