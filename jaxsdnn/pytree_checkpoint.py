@@ -20,6 +20,25 @@ A checkpoint is independent of the device layout of the sparse network:
 A node is recognised as sparse by its type only (``isinstance(node, SparseParams)``), so a user's
 own ``{"w": ..., "b": ...}`` sub-tree is an ordinary dict of arrays.
 
+Restoring needs a ``like`` tree of the saved structure, built for the target model; each leaf gives
+its restored leaf's type and place::
+
+    save_tree(ckpt_dir, (params, opt_state, dense, {"step": step}), model, metadata={"loss": loss})
+    ...
+    parts = checkpoint_metadata(ckpt_dir)["parts"]          # keep the partition, or choose another
+    model, params = jaxsdnn.shard_model(network, parts, mesh)
+    like = (params, opt.init((params, dense)), dense, {"step": 0})
+    params, opt_state, dense, loop = restore_tree(ckpt_dir, model, like)
+
+A jax array leaf is restored with its sharding (uncommitted if it is uncommitted, as ``jnp.zeros``
+makes them; a ``jax.ShapeDtypeStruct`` with its sharding, or uncommitted without one), a NumPy
+leaf as NumPy, a SparseParams node with its leaves' shardings (default: split over the model
+axis). Shapes and dtypes must match the saved ones (orbax itself would pad, truncate or cast).
+
+Many hosts: call these functions on every process (they synchronise). SparseParams nodes are gathered to every host
+(``process_allgather``) to be stored in CSR order, so they must fit in host memory; all other
+arrays are written and read shard by shard by orbax.
+
 Each step directory holds three orbax items: ``jaxsdnn`` (JSON: format, network fingerprint and
 sizes, the leaf paths and kinds, the user's metadata), ``partition`` (the ``L+1`` owner arrays of
 the model's partition, so a resumed run can keep it: :func:`checkpoint_metadata`) and ``state``
@@ -84,7 +103,7 @@ def _is_sparse(x) -> bool:
 
 def _kind(x) -> str | None:
     """How a leaf is stored: "sparse", "python", "key" (typed PRNG key), "array" or None (unsupported)."""
-    if isinstance(x, SparseParams):
+    if _is_sparse(x):
         return "sparse"
     if isinstance(x, _PYTHON):
         return "python"
@@ -104,11 +123,13 @@ def _layer_keys(model: Model):
 
 
 def _check_layout(where: str, path: str, node: SparseParams, model: Model) -> None:
+    """Refuses a SparseParams node whose leaf shapes are not ``model``'s layout."""
     plan = model.plan
-    want = ([tuple(t.shape) for t in plan.tables[k].index] for k in range(plan.num_layers))
-    want = [list(s) for s in want], [(plan.num_parts, n) for n in plan.n_local[1:]]
-    have = [[tuple(a.shape) for a in ws] for ws in node.w], [tuple(b.shape) for b in node.b]
-    if have != (want[0], want[1]):
+    want = ([[tuple(t.shape) for t in plan.tables[k].index] for k in range(plan.num_layers)],
+            [(plan.num_parts, n) for n in plan.n_local[1:]])
+    have = ([[tuple(getattr(a, "shape", ())) for a in ws] for ws in node.w],
+            [tuple(getattr(b, "shape", ())) for b in node.b])
+    if have != want:
         raise ValueError(f"{where}: the SparseParams at {path or 'the root'} has shapes w={have[0]} b={have[1]}, "
                          f"the model lays its network out as w={want[0]} b={want[1]}; use the model it belongs to")
 
@@ -134,6 +155,8 @@ def save_tree(directory: str | os.PathLike, tree, model: Model, *, step: int | N
             metadata that is not JSON, or a step that is already saved.
     """
     directory = Path(directory).absolute()
+    if keep is not None and int(keep) < 1:
+        raise ValueError(f"save_tree: keep={keep}, expected at least 1 (or None: keep all)")
     try:
         user = json.loads(json.dumps(metadata or {}))
     except (TypeError, ValueError) as e:
@@ -198,7 +221,8 @@ def _read(mngr: ocp.CheckpointManager, directory: Path, step: int | None, **item
     if step is None:
         step = mngr.latest_step()
         if step is None:
-            raise ValueError(f"{directory}: no checkpoint there" + ("" if directory.is_dir() else " (no such directory)"))
+            missing = "" if directory.is_dir() else " (no such directory)"
+            raise ValueError(f"{directory}: no checkpoint there{missing}")
     path = directory / str(int(step))
     if int(step) not in mngr.all_steps():
         raise ValueError(f"{path}: no such checkpoint (saved steps: {list(mngr.all_steps())})")

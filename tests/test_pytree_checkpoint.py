@@ -3,6 +3,9 @@ meshes, resume equivalence of an optax loop, and the refusals."""
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -89,8 +92,9 @@ def _train(model, params, dense, opt_state, batches):
 def _fresh(model, params, seed=1, rng_seed=0):
     """A like tree for ``model``: other values, the structure of :func:`_hybrid`'s."""
     dense = _dense(model.mesh, seed)
-    loop = {"step": 0, "lr": 0.0, "name": "", "seen": np.int64(0), "rng": jax.random.key_data(jax.random.key(rng_seed)),
-            "key": jax.random.key(rng_seed), "host": np.zeros(3, np.float32)}
+    loop = {"step": 0, "lr": 0.0, "name": "", "seen": np.int64(0),
+            "rng": jax.random.key_data(jax.random.key(rng_seed)), "key": jax.random.key(rng_seed),
+            "host": np.zeros(3, np.float32)}
     return (params, OPT.init((params, dense)), dense, loop)
 
 
@@ -98,8 +102,9 @@ def _hybrid(model, params):
     """(params, adam state over (params, dense), dense, loop state) after two optimizer steps."""
     dense = _dense(model.mesh)
     params, dense, opt_state, _ = _train(model, params, dense, OPT.init((params, dense)), _batches(2, seed=9))
-    loop = {"step": 3, "lr": 0.125, "name": "run-a", "seen": np.int64(24), "rng": jax.random.key_data(jax.random.key(5)),
-            "key": jax.random.key(7), "host": np.arange(3, dtype=np.float32)}
+    loop = {"step": 3, "lr": 0.125, "name": "run-a", "seen": np.int64(24),
+            "rng": jax.random.key_data(jax.random.key(5)), "key": jax.random.key(7),
+            "host": np.arange(3, dtype=np.float32)}
     return (params, opt_state, dense, loop)
 
 
@@ -163,6 +168,20 @@ def test_restore_into_another_partition_and_mesh(tmp_path, m4, target, request):
     assert all(a.sharding == by_model for a in jax.tree.leaves(restored[0]))
     # the partition of the checkpoint, not of the target model, is what the metadata gives back
     assert not all(np.array_equal(a, b) for a, b in zip(checkpoint_metadata(tmp_path)["parts"], parts2))
+
+
+def test_restore_into_an_abstract_like(tmp_path, m4, m22):
+    """``like`` may be ``jax.eval_shape`` of the target tree: sparse leaves go to the model axis."""
+    (model, params, _), (model2, params2, _) = m4, m22
+    tree = _hybrid(model, params)[:2]
+    save_tree(tmp_path, tree, model)
+    like = jax.eval_shape(lambda p: (p, OPT.init((p, _dense(model2.mesh)))), params2)
+    restored = restore_tree(tmp_path, model2, like)
+    _assert_same_network(to_network(model2, restored[0]), to_network(model, tree[0]))
+    _assert_same_network(to_network(model2, restored[1][0].nu[0]), to_network(model, tree[1][0].nu[0]))
+    by_model = NamedSharding(model2.mesh, Spec(jaxsdnn.MODEL_AXIS))
+    assert all(a.sharding == by_model for a in jax.tree.leaves((restored[0], restored[1][0].mu[0])))
+    np.testing.assert_array_equal(restored[1][0].mu[1]["table"], tree[1][0].mu[1]["table"])
 
 
 def test_resume_gives_the_same_losses(tmp_path, m4, m2):
@@ -235,7 +254,16 @@ def test_refusals(tmp_path, net, m4):
         save_tree(tmp_path / "b", {"f": object()}, model)
     with pytest.raises(ValueError, match="metadata is not JSON"):
         save_tree(tmp_path / "b", {}, model, metadata={"a": object()})
+    with pytest.raises(ValueError, match="keep=0"):
+        save_tree(tmp_path / "b", tree, model, keep=0)
     assert latest_step(tmp_path / "b") is None
+    # a checkpoint damaged after the save: its arrays gone, or metadata of something else
+    shutil.rmtree(path / "state")
+    with pytest.raises(ValueError, match="7: not a readable jaxsdnn checkpoint"):
+        restore_tree(tmp_path, model, tree, step=7)
+    (path / "jaxsdnn" / "metadata").write_text(json.dumps({"format": "other", "version": 1}))
+    with pytest.raises(ValueError, match="7: not a jaxsdnn pytree checkpoint .found \\('other', 1\\)"):
+        checkpoint_metadata(tmp_path, 7)
 
 
 def test_unfinished_save_is_invisible_and_keep(tmp_path, m4):
