@@ -163,7 +163,8 @@ def connectivity_volume(network: SparseNetwork, parts: Sequence[np.ndarray]) -> 
     Args:
         network: the network.
         parts: ``L + 1`` integer arrays, ``parts[k]`` of shape ``[n_k]`` giving the device (a
-            non-negative id) of every neuron of layer ``k``, layer 0 included.
+            non-negative id) of every neuron of layer ``k``, layer 0 included; or a
+            :class:`~jaxsdnn.partition.Partition`.
 
     Returns:
         ``(total, per_layer)``: ``per_layer`` is ``[L]`` int64, ``per_layer[k-1]`` the number of
@@ -175,6 +176,7 @@ def connectivity_volume(network: SparseNetwork, parts: Sequence[np.ndarray]) -> 
             negative id.
     """
     sizes = network.sizes
+    parts = getattr(parts, "parts", parts)
     if len(parts) != len(sizes):
         raise ValueError(
             f"got {len(parts)} part arrays, expected {len(sizes)} (layer0..layer{len(sizes) - 1}, inputs included)"
