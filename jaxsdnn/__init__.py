@@ -30,6 +30,7 @@ from jaxsdnn.models import from_masks, magnitude_prune, radixnet_mlp, random_fan
 from jaxsdnn.network import SparseNetwork
 from jaxsdnn.partition import Partition, load_partition, partition_network, save_partition
 from jaxsdnn.plan import Plan, build_plan
+from jaxsdnn.pytree_checkpoint import checkpoint_metadata, latest_step, model_partition, restore_tree, save_tree
 from jaxsdnn.radixnet import challenge_images, random_images
 from jaxsdnn.sharded import (
     DATA_AXIS,
@@ -61,10 +62,12 @@ __all__ = [
     "build_hypergraph",
     "build_plan",
     "challenge_images",
+    "checkpoint_metadata",
     "communication_matrix",
     "connectivity_volume",
     "device_chain_bound",
     "from_masks",
+    "latest_step",
     "load_checkpoint",
     "load_config",
     "load_dataset",
@@ -72,6 +75,7 @@ __all__ = [
     "losses",
     "magnitude_prune",
     "make_mesh",
+    "model_partition",
     "num_params",
     "param_mask",
     "partition_metrics",
@@ -82,9 +86,11 @@ __all__ = [
     "read_categories",
     "read_images",
     "read_network",
+    "restore_tree",
     "run_inference",
     "save_checkpoint",
     "save_partition",
+    "save_tree",
     "shard_batch",
     "shard_model",
     "shard_network",
