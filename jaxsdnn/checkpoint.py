@@ -328,7 +328,7 @@ def load_checkpoint(
     )
 
 
-def restore_opt_state(checkpoint: Checkpoint, plan: Plan, template):
+def restore_opt_state(checkpoint: Checkpoint, plan: Plan, template, layout=None):
     """The checkpoint's optimizer state laid out for ``plan`` (host NumPy arrays).
 
     Args:
@@ -336,6 +336,8 @@ def restore_opt_state(checkpoint: Checkpoint, plan: Plan, template):
         plan: the plan of the checkpoint's network (any partition of it).
         template: an optimizer state of the same optimizer (e.g. ``opt.init(params)``): gives the
             tree structure, and the shapes and dtypes the non-params leaves must have.
+        layout: ``layout(network) -> params node`` for the params-shaped sub-trees (default: the
+            plan's layout, :func:`jaxsdnn.plan.layout_values`, as a dict or the template's type).
 
     Raises:
         ValueError: the optimizer state has another structure (e.g. written by another optimizer).
@@ -351,7 +353,11 @@ def restore_opt_state(checkpoint: Checkpoint, plan: Plan, template):
     out = []
     for i, (t, leaf) in enumerate(zip(t_leaves, checkpoint.opt_leaves)):
         if _is_params_like(t):
-            values = layout_values(plan, checkpoint.network.with_values(*leaf))
+            net = checkpoint.network.with_values(*leaf)
+            if layout is not None:
+                out.append(layout(net))
+                continue
+            values = layout_values(plan, net)
             out.append(type(t)(values["w"], values["b"]) if not isinstance(t, dict) else values)
         else:
             t = np.asarray(t)

@@ -24,6 +24,10 @@ like any JAX model::
 * :class:`Model` is a pytree (integer tables as leaves, the static schedule as metadata), so it is
   passed to ``jit``-ted functions as an argument (not closed over, which would bake the tables in
   as constants); :class:`SparseParams` is the parameter pytree optax sees.
+* Depth costs no compilation: consecutive layers of one shape are a segment
+  (:mod:`jaxsdnn.stacking`), run forward and backward as one ``lax.scan`` each
+  (:mod:`jaxsdnn.segment_ad`); on several devices a segment shares one padded exchange schedule
+  (``max_padding``, 5 % of its edges by default).
 * ReLU derivative: 0 at ties (``z == 0``, ``z == cap``), as ``jax.nn.relu``, on every path.
 * Padding (sentinel slots and rows of the buckets) never changes an output: padded slots read a
   zero row and padded rows are read by nobody, so their gradients are 0 and noise there is
@@ -47,13 +51,16 @@ from jax.custom_derivatives import SymbolicZero
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as Spec
 
-from jaxsdnn import kernels
+from jaxsdnn import segments as _segments  # noqa: F401  (registers StackedTables as a pytree)
 from jaxsdnn.network import SparseNetwork
-from jaxsdnn.plan import LayerTables, Plan, build_plan, layout_values, values_to_network
-from jaxsdnn.sharded import (DATA_AXIS, MODEL_AXIS, _check_batch, _exchange, _global_array, _put_by_model, _return_partials,
-                             _transposed_spmm)
+from jaxsdnn.plan import Plan, build_plan, layout_values, values_to_network
+from jaxsdnn.segment_ad import Piece, piece_backward, piece_forward, pieces
+from jaxsdnn.sharded import DATA_AXIS, MODEL_AXIS, _check_batch, _global_array, _put_by_model
+from jaxsdnn.stacking import (Segment, StackedPlan, StackedTables, TransposedTables, stack_plan, stack_values,
+                              transposed_tables, unstack_values)
 
-__all__ = ["Model", "SparseParams", "apply", "num_params", "param_mask", "shard_batch", "shard_model", "to_network"]
+__all__ = ["Model", "SparseParams", "apply", "num_params", "param_mask", "param_shapes", "shard_batch", "shard_model",
+           "to_network"]
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["w", "b"], meta_fields=[])
@@ -62,9 +69,9 @@ class SparseParams:
     """The trainable values of a sharded network (a pytree; optax's moments take its type too).
 
     Attributes:
-        w: per layer ``k = 1..L``, a tuple of forward buckets ``[P, rows_b, width_b]`` float32;
-            0 at padding slots and rows (values there never reach an output).
-        b: per layer, ``[P, n_local[k]]`` float32 biases; 0 at padding rows.
+        w: per segment (:mod:`jaxsdnn.stacking`), a tuple of buckets ``[P, S, rows_b, width_b]``
+            float32 (``S`` layers); 0 at padding slots and rows (values there never reach an output).
+        b: per segment, ``[P, S, n_rows]`` float32 biases; 0 at padding rows.
 
     ``params["w"]`` / ``params["b"]`` read the fields too.
     """
@@ -78,19 +85,28 @@ class SparseParams:
         return getattr(self, key)
 
 
-@functools.partial(jax.tree_util.register_dataclass, data_fields=["layers", "row_ids"], meta_fields=[])
+jax.tree_util.register_dataclass(TransposedTables, data_fields=["rev_row", "rev_w", "fold"], meta_fields=[])
+
+
+@functools.partial(jax.tree_util.register_dataclass,
+                   data_fields=["segments", "transposed", "row_ids", "in_ids"], meta_fields=[])
 @dataclasses.dataclass(frozen=True)
 class ModelTables:
     """Integer tables of a :class:`Model` (leading ``[P]``, split over the model axis).
 
     Attributes:
-        layers: per layer ``k = 1..L``, its :class:`jaxsdnn.plan.LayerTables`.
-        row_ids: per layer ``k = 0..L``, ``[P, n_local[k]]`` int32: the global neuron of each
-            local row; sentinel ``n_k`` for padding rows.
+        segments: per segment, its :class:`~jaxsdnn.stacking.StackedTables`.
+        transposed: per segment, its :class:`~jaxsdnn.stacking.TransposedTables`.
+        row_ids: per segment, ``[P, S, n_rows]`` int32: the global neuron of each output row of
+            each layer; -1 for padding rows.
+        in_ids: ``[P, n_rows]`` int32 (the first segment's rows): the input feature of each row
+            of the first layer's input; -1 for padding.
     """
 
-    layers: tuple[LayerTables, ...]
+    segments: tuple[StackedTables, ...]
+    transposed: tuple[TransposedTables, ...]
     row_ids: tuple[jax.Array, ...]
+    in_ids: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,18 +115,18 @@ class Schedule:
 
     Attributes:
         mesh: the ``(MODEL_AXIS, DATA_AXIS)`` mesh.
-        rounds: per layer, its exchange rounds (tuples of ``(source, destination)`` pairs).
+        segments: the :class:`~jaxsdnn.stacking.Segment` s (layer ranges, exchange rounds, rows).
         cap: ReLU cap (None: plain ReLU).
         sizes: ``(n_0, ..., n_L)``.
-        plan, network: the host plan and network (not compared: the program depends on the
-            fields above and on the table shapes only).
+        splan, network: the host stacked plan and network (not compared: the program depends on
+            the fields above and on the table shapes only).
     """
 
     mesh: Mesh
-    rounds: tuple
+    segments: tuple[Segment, ...]
     cap: float | None
     sizes: tuple[int, ...]
-    plan: Plan = dataclasses.field(compare=False, repr=False)
+    splan: StackedPlan = dataclasses.field(compare=False, repr=False)
     network: SparseNetwork = dataclasses.field(compare=False, repr=False)
 
 
@@ -120,7 +136,7 @@ class Model:
     """A network laid out on a mesh, without its values: what :func:`apply` needs besides params.
 
     A pytree: pass it to ``jit``-ted functions as an argument. Two models of the same schedule
-    (mesh, rounds, cap, sizes) and table shapes share compiled programs.
+    (mesh, segments, cap, sizes) and table shapes share compiled programs.
 
     Attributes:
         tables: :class:`ModelTables` on the devices.
@@ -136,7 +152,8 @@ class Model:
 
     @property
     def plan(self) -> Plan:
-        return self.schedule.plan
+        """The host :class:`~jaxsdnn.plan.Plan` (per-layer tables and exchange volumes)."""
+        return self.schedule.splan.plan
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -151,13 +168,46 @@ class Model:
         """How a ``[batch, features]`` array is best placed: batch over the data axis."""
         return NamedSharding(self.mesh, Spec(DATA_AXIS, None))
 
+    def stats(self) -> dict:
+        """The plan's exchange statistics and the segments' (padded volume, rounds)."""
+        return {**self.plan.stats(), **self.schedule.splan.stats()}
 
-def _model_tables(plan: Plan) -> ModelTables:
-    row_ids = tuple(np.where(ids >= 0, ids, n).astype(np.int32) for ids, n in zip(plan.local_ids, plan.sizes))
-    return ModelTables(plan.tables, row_ids)
+
+def _model_tables(splan: StackedPlan) -> ModelTables:
+    plan = splan.plan
+    row_ids = []
+    for seg in splan.segments:
+        ids = np.full((plan.num_parts, seg.num_layers, seg.n_rows), -1, np.int32)
+        for i, k in enumerate(range(seg.start + 1, seg.stop + 1)):
+            np.put_along_axis(ids[:, i], splan.row_maps[k], plan.local_ids[k], axis=1)
+        row_ids.append(ids)
+    in_ids = np.full((plan.num_parts, splan.segments[0].n_rows), -1, np.int32)
+    in_ids[:, : plan.n_local[0]] = plan.local_ids[0]
+    transposed = tuple(transposed_tables(seg, t) for seg, t in zip(splan.segments, splan.tables))
+    return ModelTables(splan.tables, transposed, tuple(row_ids), in_ids)
 
 
-def shard_model(network: SparseNetwork, partition, mesh: Mesh, *, max_buckets: int = 6) -> tuple[Model, SparseParams]:
+def _host_params(model: Model, network: SparseNetwork) -> SparseParams:
+    """``network``'s values in ``model``'s layout (host NumPy)."""
+    values = stack_values(model.schedule.splan, layout_values(model.plan, network))
+    return SparseParams(tuple(v["w"] for v in values), tuple(v["b"] for v in values))
+
+
+def _network_of(model: Model, host: SparseParams) -> SparseNetwork:
+    """The network of ``model``'s structure holding the host values ``host`` (padding dropped)."""
+    return values_to_network(model.plan, model.schedule.network, unstack_values(model.schedule.splan, host))
+
+
+def param_shapes(model: Model) -> SparseParams:
+    """The shapes of ``model``'s :class:`SparseParams` leaves (tuples), without building them."""
+    splan = model.schedule.splan
+    P = splan.num_parts
+    return SparseParams(tuple(tuple(i.shape for i in t.index) for t in splan.tables),
+                        tuple((P, seg.num_layers, seg.n_rows) for seg in splan.segments))
+
+
+def shard_model(network: SparseNetwork, partition, mesh: Mesh, *, max_buckets: int = 6,
+                max_padding: float = 0.05) -> tuple[Model, SparseParams]:
     """Plans ``network`` under ``partition`` and puts it on ``mesh``.
 
     Args:
@@ -166,15 +216,18 @@ def shard_model(network: SparseNetwork, partition, mesh: Mesh, *, max_buckets: i
             parts as the mesh's model axis has devices; or a :class:`~jaxsdnn.plan.Plan` of it.
         mesh: a ``(MODEL_AXIS, DATA_AXIS)`` mesh (:func:`~jaxsdnn.sharded.make_mesh`).
         max_buckets: forward buckets per layer (see :func:`~jaxsdnn.plan.build_plan`).
+        max_padding: how much exchange padding a segment may add to share one schedule
+            (:func:`~jaxsdnn.stacking.stack_plan`; 0: segments only where the schedules agree).
 
     Returns:
         ``(model, params)``: the :class:`Model` and its :class:`SparseParams`, both on ``mesh``.
     """
     plan = partition if isinstance(partition, Plan) else build_plan(network, partition, max_buckets=max_buckets)
-    values = layout_values(plan, network)
-    tables, params = _put_by_model(mesh, plan.num_parts, _model_tables(plan), SparseParams(values["w"], values["b"]))
-    schedule = Schedule(mesh, plan.rounds, plan.cap, tuple(plan.sizes), plan, network)
-    return Model(tables, schedule), params
+    splan = stack_plan(plan, max_padding=max_padding)
+    schedule = Schedule(mesh, splan.segments, plan.cap, tuple(plan.sizes), splan, network)
+    (tables,) = _put_by_model(mesh, plan.num_parts, _model_tables(splan))
+    model = Model(tables, schedule)
+    return model, _put_by_model(mesh, plan.num_parts, _host_params(model, network))[0]
 
 
 def shard_batch(model: Model, *arrays):
@@ -196,7 +249,7 @@ def shard_batch(model: Model, *arrays):
 def to_network(model: Model, params) -> SparseNetwork:
     """The host :class:`~jaxsdnn.network.SparseNetwork` holding ``params``' values (padding dropped)."""
     host = jax.tree.map(np.asarray, jax.device_get(params))
-    return values_to_network(model.plan, model.schedule.network, {"w": host["w"], "b": host["b"]})
+    return _network_of(model, host)
 
 
 def num_params(model: Model) -> int:
@@ -207,56 +260,25 @@ def num_params(model: Model) -> int:
 def param_mask(model: Model) -> SparseParams:
     """A :class:`SparseParams` of float32 1 at real entries and 0 at padding, on the mesh (for
     ``optax.masked``, or to count: ``sum(jax.tree.leaves(tree_map(jnp.sum, mask)))``)."""
-    plan = model.plan
-    ws = []
-    for k in range(plan.num_layers):
-        shapes = [t.shape for t in plan.tables[k].index]
-        flat = np.zeros(sum(int(np.prod(s)) for s in shapes), np.float32)
-        flat[plan.edge_slot[k]] = 1.0
-        offs = np.cumsum([0] + [int(np.prod(s)) for s in shapes])
-        ws.append(tuple(flat[a:b].reshape(s) for a, b, s in zip(offs[:-1], offs[1:], shapes)))
-    bs = tuple((ids >= 0).astype(np.float32) for ids in plan.local_ids[1:])
-    return _put_by_model(model.mesh, plan.num_parts, SparseParams(tuple(ws), bs))[0]
+    ones = model.schedule.network
+    ones = ones.with_values([np.ones_like(w.data) for w in ones.weights], [np.ones(n) for n in model.sizes[1:]])
+    return _put_by_model(model.mesh, model.plan.num_parts, _host_params(model, ones))[0]
 
 
 # ----------------------------------------------------------------------------------------------
 # per device (inside shard_map)
 # ----------------------------------------------------------------------------------------------
 def _to_batch_major(x, ids, n):
-    """Local ``[n_local, b]`` rows -> ``[b, n]`` global columns (summed over the model axis)."""
+    """Local ``[n_rows, b]`` rows -> ``[b, n]`` global columns (summed over the model axis)."""
+    ids = jnp.where(ids >= 0, ids, n)
     out = jnp.zeros((x.shape[1], n), x.dtype).at[:, ids].set(x.T, mode="drop")
     return jax.lax.psum(out, MODEL_AXIS)
 
 
 def _from_batch_major(g, ids):
-    """``[b, n]`` -> this device's ``[n_local, b]`` rows (0 at padding)."""
+    """``[b, n]`` -> this device's ``[n_rows, b]`` rows (0 at padding, ``ids == -1``)."""
+    ids = jnp.where(ids >= 0, ids, g.shape[1])
     return jnp.take(g, ids, axis=1, mode="fill", fill_value=0).T
-
-
-def _local_forward(params, tables: ModelTables, xb, *, st: "_Static", keep: bool):
-    """One device's forward from its batch slice ``xb`` ``[b, n_0]``.
-
-    Returns ``(x_L, captured, nnz, xs)``: the last layer's local output ``[n_local[L], b]``, the
-    chosen layers' ``[b, n_k]`` outputs, ``[b, L]`` nonzero counts (None without ``capture``) and,
-    with ``keep``, every layer's extended input (the backward's residuals).
-    """
-    rounds, cap, sizes = st.schedule.rounds, st.schedule.cap, st.sizes
-    L = len(tables.layers)
-    x = _from_batch_major(xb, tables.row_ids[0])
-    xs, captured, nnz = [], [], []
-    for k, t in enumerate(tables.layers):
-        xext = _exchange(x, t.send, rounds[k], MODEL_AXIS)
-        z = kernels.bucketed_spmm(xext, t.index, params["w"][k], t.group_cols) + params["b"][k][:, None]
-        if keep:
-            xs.append(xext)
-        x = z if (st.linear_last and k == L - 1) else kernels.activation(z, cap)
-        if st.capture is not None:
-            ids = tables.row_ids[k + 1]
-            real = (ids < sizes[k + 1])[:, None]
-            nnz.append(jax.lax.psum(jnp.sum((x != 0) & real, axis=0, dtype=jnp.int32), MODEL_AXIS))
-            if k + 1 in st.capture and k + 1 < L:
-                captured.append(_to_batch_major(x, ids, sizes[k + 1]))
-    return x, captured, (jnp.stack(nnz, axis=1) if nnz else None), tuple(xs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,61 +290,68 @@ class _Static:
     capture: tuple[int, ...] | None  # None: no intermediate outputs and no counts
 
     @property
-    def sizes(self):
-        return self.schedule.sizes
+    def pieces(self) -> tuple[Piece, ...]:
+        return pieces(self.schedule.segments, self.linear_last, self.capture or ())
 
 
-def _forward_body(st: _Static, keep: bool):
-    L = len(st.sizes) - 1
+def _local_forward(params, tables: ModelTables, xb, st: _Static, keep: bool):
+    """One device's forward from its batch slice ``xb`` ``[b, n_0]``.
 
-    def body(params, tables, xb):
-        params, tables = _squeeze(params), _squeeze(tables)
-        x, captured, nnz, xs = _local_forward(params, tables, xb, st=st, keep=keep)
-        y = _to_batch_major(x, tables.row_ids[L], st.sizes[L])
-        if st.capture is None:
-            out = (y,)
-        else:  # layer L's capture is y itself
-            captured = iter(captured)
-            out = (y, tuple(y if k == L else next(captured) for k in st.capture), nnz)
-        res = (tuple(a[None] for a in xs), x[None]) if keep else ()
-        return out, res
+    Returns ``(y, captured, nnz, residuals)``: ``[b, n_L]``, the chosen layers' ``[b, n_k]``
+    outputs (layer ``L``: ``y``), ``[b, L]`` nonzero counts (None without ``capture``) and, with
+    ``keep``, per piece its extended inputs and output.
+    """
+    segs, cap, sizes, L = st.schedule.segments, st.schedule.cap, st.schedule.sizes, len(st.schedule.sizes) - 1
+    count = st.capture is not None
+    x = _from_batch_major(xb, tables.in_ids)
+    res, captured, nnz = [], {}, []
+    for pc in st.pieces:
+        seg = segs[pc.seg]
+        if x.shape[0] < seg.n_rows:  # entering a wider segment
+            x = jnp.pad(x, ((0, seg.n_rows - x.shape[0]), (0, 0)))
+        seg_params = {"w": params.w[pc.seg], "b": params.b[pc.seg]}
+        x, xexts, counts = piece_forward(x, seg_params, tables.segments[pc.seg], tables.row_ids[pc.seg], pc, seg,
+                                         cap=cap, keep=keep, count=count)
+        res.append((xexts, x))
+        nnz.append(counts)
+        if count and pc.layer in st.capture and pc.layer < L:
+            captured[pc.layer] = _to_batch_major(x, tables.row_ids[pc.seg][pc.i1 - 1], sizes[pc.layer])
+    y = _to_batch_major(x, tables.row_ids[-1][-1], sizes[-1])
+    captured = tuple(y if k == L else captured[k] for k in st.capture) if count else ()
+    nnz = jnp.concatenate(nnz, axis=0).T if count else None
+    return y, captured, nnz, (tuple(res) if keep else ())
 
-    return body
 
-
-def _squeeze(tree):
-    return jax.tree.map(lambda a: a[0], tree)
-
-
-def _local_backward(params, tables: ModelTables, xs, y_local, dy, dcaptured: dict, *, st: _Static, want_dx: bool):
+def _local_backward(params, tables: ModelTables, res, dy, dcaptured: dict, st: _Static, want_dx: bool):
     """One device's backward: ``(grads, dx [b, n_0] or None)`` from the output cotangent ``dy``
     ``[b, n_L]`` and ``dcaptured`` (layer -> ``[b, n_k]`` cotangent of a captured output)."""
-    rounds, cap, sizes = st.schedule.rounds, st.schedule.cap, st.sizes
-    L = len(tables.layers)
-    extra = dcaptured
-    dx = _from_batch_major(dy, tables.row_ids[L])
-    gw, gb = [None] * L, [None] * L
-    for k in range(L - 1, -1, -1):
-        t = tables.layers[k]
-        if extra.get(k + 1) is not None:
-            dx = dx + _from_batch_major(extra[k + 1], tables.row_ids[k + 1])
-        out = y_local if k == L - 1 else xs[k + 1][: tables.row_ids[k + 1].shape[0]]
-        dz = dx if (st.linear_last and k == L - 1) else dx * kernels.activation_mask(out, cap)
-        offs = np.cumsum([0] + [i.shape[0] for i in t.index])
-        gw[k] = tuple(
-            kernels.grouped_sampled_dense_dense(dz[offs[b] : offs[b + 1]], xs[k], gc)
-            if gc.shape[0]
-            else kernels.sampled_dense_dense(dz[offs[b] : offs[b + 1]], xs[k], idx)
-            for b, (idx, gc) in enumerate(zip(t.index, t.group_cols))
-        )
-        gb[k] = jnp.sum(dz, axis=1)
-        if k > 0 or want_dx:
-            n_prev = tables.row_ids[k].shape[0]
-            dx = _return_partials(_transposed_spmm(dz, params["w"][k], t), n_prev, t, rounds[k], MODEL_AXIS)
-    grads = jax.lax.psum(SparseParams(tuple(gw), tuple(gb)), DATA_AXIS)
+    segs, cap, L = st.schedule.segments, st.schedule.cap, len(st.schedule.sizes) - 1
+    if dcaptured.get(L) is not None:
+        dy = dy + dcaptured[L]
+    dx = _from_batch_major(dy, tables.row_ids[-1][-1])
+    gw = [[] for _ in segs]
+    gb = [[] for _ in segs]
+    for j in range(len(st.pieces) - 1, -1, -1):
+        pc = st.pieces[j]
+        seg = segs[pc.seg]
+        if pc.layer < L and dcaptured.get(pc.layer) is not None:
+            dx = dx + _from_batch_major(dcaptured[pc.layer], tables.row_ids[pc.seg][pc.i1 - 1])
+        xexts, y = res[j]
+        dx = dx[: seg.n_rows]
+        dx, w, b = piece_backward(dx, y, xexts, {"w": params.w[pc.seg]}, tables.segments[pc.seg],
+                                  tables.transposed[pc.seg], pc, seg, cap=cap)
+        gw[pc.seg].insert(0, w)
+        gb[pc.seg].insert(0, b)
+        if pc.i0 == 0 and pc.seg > 0:  # leaving the wider segment: the previous one's rows
+            dx = dx[: segs[pc.seg - 1].n_rows]
+    cat = (lambda parts: parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=0))
+    grads = SparseParams(tuple(tuple(cat([p[bk] for p in ws]) for bk in range(len(ws[0]))) for ws in gw),
+                         tuple(cat(bs) for bs in gb))
+    grads = jax.lax.psum(grads, DATA_AXIS)
     if not want_dx:
         return grads, None
-    dx0 = jnp.zeros((dx.shape[1], sizes[0]), dx.dtype).at[:, tables.row_ids[0]].add(dx.T, mode="drop")
+    ids = jnp.where(tables.in_ids >= 0, tables.in_ids, st.schedule.sizes[0])
+    dx0 = jnp.zeros((dx.shape[1], st.schedule.sizes[0]), dx.dtype).at[:, ids].add(dx.T, mode="drop")
     return grads, jax.lax.psum(dx0, MODEL_AXIS)
 
 
@@ -332,6 +361,11 @@ def _local_backward(params, tables: ModelTables, xs, y_local, dy, dcaptured: dic
 _BY_MODEL = Spec(MODEL_AXIS)
 _BATCH = Spec(DATA_AXIS, None)
 _ACT = Spec(MODEL_AXIS, None, DATA_AXIS)
+_STACKED_ACT = Spec(MODEL_AXIS, None, None, DATA_AXIS)
+
+
+def _squeeze(tree):
+    return jax.tree.map(lambda a: a[0], tree)
 
 
 def _values(tree):
@@ -346,17 +380,21 @@ def _specs_like(tree, spec):
 def _core(st: _Static):
     """The custom_vjp function ``(params, tables, x) -> outputs`` for ``st`` (cached: one per model
     schedule, so every call and every ``jit`` around it reuses the same compiled pieces)."""
-    mesh, L = st.schedule.mesh, len(st.sizes) - 1
+    mesh = st.schedule.mesh
     n_cap = 0 if st.capture is None else len(st.capture)
     out_specs = (_BATCH,) if st.capture is None else (_BATCH, (_BATCH,) * n_cap, _BATCH)
+    res_specs = tuple((_STACKED_ACT, _ACT) for _ in st.pieces)
 
     def mapped(keep):
-        body = _forward_body(st, keep)
+        def body(params, tables, xb):
+            y, captured, nnz, res = _local_forward(_squeeze(params), _squeeze(tables), xb, st, keep)
+            out = (y,) if st.capture is None else (y, captured, nnz)
+            return out, jax.tree.map(lambda a: a[None], res)
 
         def run(params, tables, x):
             specs = (_specs_like(params, _BY_MODEL), _specs_like(tables, _BY_MODEL), _BATCH)
-            res_specs = ((_ACT,) * L, _ACT) if keep else ()
-            return jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=(out_specs, res_specs))(params, tables, x)
+            return jax.shard_map(body, mesh=mesh, in_specs=specs,
+                                 out_specs=(out_specs, res_specs if keep else ()))(params, tables, x)
 
         return run
 
@@ -368,12 +406,12 @@ def _core(st: _Static):
 
     def fwd(params, tables, x):  # with symbolic_zeros every leaf comes as a CustomVJPPrimal
         params, tables, perturbed = _values(params), _values(tables), x.perturbed
-        out, (xs, y_local) = fwd_run(params, tables, x.value)
+        out, res = fwd_run(params, tables, x.value)
         flag = jnp.zeros((1 if perturbed else 0,), jnp.float32)  # its shape says whether dx is needed
-        return out, (params, tables, xs, y_local, flag)
+        return out, (params, tables, res, flag)
 
-    def bwd(res, cts):
-        params, tables, xs, y_local, flag = res
+    def bwd(saved, cts):
+        params, tables, res, flag = saved
         want_dx = flag.shape[0] == 1
         dy = cts[0]
         if isinstance(dy, SymbolicZero):  # only intermediate outputs were used
@@ -383,17 +421,16 @@ def _core(st: _Static):
         dcap = tuple(c for c, u in zip(dcap, used) if u)
         capture = tuple(k for k, u in zip(st.capture or (), used) if u)
 
-        def body(params, tables, xs, y_local, dy, dcap):
-            grads, dx = _local_backward(_squeeze(params), _squeeze(tables), [a[0] for a in xs], y_local[0], dy,
-                                        dict(zip(capture, dcap)), st=st, want_dx=want_dx)
+        def body(params, tables, res, dy, dcap):
+            grads, dx = _local_backward(_squeeze(params), _squeeze(tables), _squeeze(res), dy,
+                                        dict(zip(capture, dcap)), st, want_dx)
             grads = jax.tree.map(lambda g: g[None], grads)
             return (grads, dx) if want_dx else (grads,)
 
         pspec = _specs_like(params, _BY_MODEL)
-        in_specs = (pspec, _specs_like(tables, _BY_MODEL), (_ACT,) * L, _ACT, _BATCH, (_BATCH,) * len(dcap))
+        in_specs = (pspec, _specs_like(tables, _BY_MODEL), res_specs, _BATCH, (_BATCH,) * len(dcap))
         out_specs = (pspec, _BATCH) if want_dx else (pspec,)
-        out = jax.shard_map(body, mesh=mesh, in_specs=in_specs, out_specs=out_specs)(
-            params, tables, xs, y_local, dy, dcap)
+        out = jax.shard_map(body, mesh=mesh, in_specs=in_specs, out_specs=out_specs)(params, tables, res, dy, dcap)
         return out[0], None, (out[1] if want_dx else None)
 
     core.defvjp(fwd, bwd, symbolic_zeros=True)

@@ -59,8 +59,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as Spec
 
 from jaxsdnn.checkpoint import gather_to_host
-from jaxsdnn.forward import Model, SparseParams
-from jaxsdnn.plan import layout_values, values_to_network
+from jaxsdnn.forward import Model, SparseParams, _host_params, _network_of, param_shapes
 from jaxsdnn.sharded import MODEL_AXIS
 
 __all__ = ["checkpoint_metadata", "latest_step", "model_partition", "restore_tree", "save_tree"]
@@ -124,9 +123,8 @@ def _layer_keys(model: Model):
 
 def _check_layout(where: str, path: str, node: SparseParams, model: Model) -> None:
     """Refuses a SparseParams node whose leaf shapes are not ``model``'s layout."""
-    plan = model.plan
-    want = ([[tuple(t.shape) for t in plan.tables[k].index] for k in range(plan.num_layers)],
-            [(plan.num_parts, n) for n in plan.n_local[1:]])
+    shapes = param_shapes(model)
+    want = ([list(ws) for ws in shapes.w], list(shapes.b))
     have = ([[tuple(getattr(a, "shape", ())) for a in ws] for ws in node.w],
             [tuple(getattr(b, "shape", ())) for b in node.b])
     if have != want:
@@ -171,7 +169,7 @@ def save_tree(directory: str | os.PathLike, tree, model: Model, *, step: int | N
         info = {"path": path, "kind": kind}
         if kind == "sparse":
             _check_layout("save_tree", path, x, model)
-            net = values_to_network(plan, network, next(sparse))
+            net = _network_of(model, next(sparse))
             arrays[str(i)] = {"w": dict(zip(layers, (w.data for w in net.weights))),
                               "b": dict(zip(layers, (np.asarray(b, np.float32) for b in net.biases)))}
         elif kind == "python":
@@ -382,7 +380,6 @@ def restore_tree(directory: str | os.PathLike, model: Model, like, *, step: int 
             out.append(jax.random.wrap_key_data(data, impl=info["impl"]))
         else:
             net = network.with_values([a["w"][k] for k in layers], [a["b"][k] for k in layers])
-            values = layout_values(model.plan, net)
-            node = SparseParams(values["w"], values["b"])
+            node = _host_params(model, net)
             out.append(jax.tree.map(lambda v, xl: _place(v, xl, by_model), node, x))
     return jax.tree.unflatten(jax.tree.structure(like, is_leaf=_is_sparse), out)

@@ -34,7 +34,8 @@ import numpy as np
 
 from jaxsdnn.plan import Plan, schedule_rounds
 
-__all__ = ["Segment", "StackedPlan", "StackedTables", "stack_plan", "stack_values"]
+__all__ = ["Segment", "StackedPlan", "StackedTables", "TransposedTables", "stack_plan", "stack_values",
+           "transposed_tables", "unstack_values"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -283,3 +284,92 @@ def stack_values(splan: StackedPlan, params) -> tuple[dict, ...]:
             np.put_along_axis(b[:, i], splan.row_maps[k + 1], np.asarray(params["b"][k]), axis=1)
         out.append({"w": tuple(ws), "b": b})
     return tuple(out)
+
+
+def unstack_values(splan: StackedPlan, stacked) -> dict:
+    """Inverse of :func:`stack_values`: per-segment values back to the plan's layout (NumPy).
+
+    Args:
+        stacked: per segment ``{"w": per bucket [P, S, rows_b, width_b], "b": [P, S, n_rows]}``
+            (host arrays), or anything indexable the same way (``SparseParams`` of segments).
+    """
+    ws, bs = [], []
+    for seg, values in zip(splan.segments, zip(stacked["w"], stacked["b"])):
+        w_seg, b_seg = values
+        for i, k in enumerate(range(seg.start, seg.stop)):
+            shapes = [t.shape for t in splan.plan.tables[k].index]
+            ws.append(tuple(np.asarray(w)[:, i, : sh[1], : sh[2]] for w, sh in zip(w_seg, shapes)))
+            bs.append(np.take_along_axis(np.asarray(b_seg)[:, i], splan.row_maps[k + 1], axis=1))
+    return {"w": tuple(ws), "b": tuple(bs)}
+
+
+# ----------------------------------------------------------------------------------------------
+# transposed tables (the backward's gathers), in segment coordinates
+# ----------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class TransposedTables:
+    """How one segment's backward gathers ``W^T dz`` (leading ``[P, S]``), built from its
+    :class:`StackedTables` alone.
+
+    Attributes:
+        rev_row: ``[P, S, n_ext, F_u]`` int32: for each extended-input row, the rows of the layer's
+            output (``dz``) whose *ungrouped* bucket slots read it; sentinel ``n_rows``.
+            ``F_u = 0`` when the segment has no ungrouped bucket.
+        rev_w: same shape: the position of that edge's weight in the layer's buckets raveled and
+            concatenated; sentinel: their total size.
+        fold: ``[P, S, n_ext, F_g]`` int32: for each extended-input row, its positions among the
+            *grouped* buckets' transposed slots (bucket ``b`` contributes ``G_b * width_b`` rows,
+            slot by slot: ``W_g^T dz_g``), concatenated; sentinel: their total. ``F_g = 0`` when
+            the segment has no grouped bucket.
+    """
+
+    rev_row: np.ndarray
+    rev_w: np.ndarray
+    fold: np.ndarray
+
+
+def _inverse_lists(e: np.ndarray, payload: np.ndarray, n_ext: int, fill: int) -> np.ndarray:
+    """``[P, S, M]`` row ids (``>= n_ext``: none) -> ``[P, S, n_ext, F]``: each row's payloads."""
+    P, S, M = e.shape
+    valid = e < n_ext
+    key = (np.arange(P * S, dtype=np.int64).reshape(P, S, 1) * n_ext + e)[valid]
+    order = np.argsort(key, kind="stable")
+    key, vals = key[order], payload[valid][order]
+    counts = np.bincount(key, minlength=P * S * n_ext)
+    F = int(counts.max()) if counts.size else 0
+    out = np.full((P * S * n_ext, F), fill, dtype=np.int32)
+    if F:
+        slot = np.arange(key.size) - (np.cumsum(counts) - counts)[key]
+        out[key, slot] = vals
+    return out.reshape(P, S, n_ext, F)
+
+
+def transposed_tables(seg: Segment, t: StackedTables) -> TransposedTables:
+    """The :class:`TransposedTables` of one segment."""
+    n_ext, n_rows = seg.n_ext, seg.n_rows
+    P, S = t.index[0].shape[:2]
+    grouped = [g.shape[2] > 0 for g in t.group_cols]
+    rows = [i.shape[2] for i in t.index]
+    row_off = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
+    w_off = np.concatenate([[0], np.cumsum([i.shape[2] * i.shape[3] for i in t.index])]).astype(np.int64)
+    e_u, r_u, w_u, e_g, pos_g, off_g = [], [], [], [], [], 0
+    for b, (idx, gc) in enumerate(zip(t.index, t.group_cols)):
+        _, _, rb, wb = idx.shape
+        if grouped[b]:
+            G = gc.shape[2]
+            e_g.append(gc.reshape(P, S, G * wb).astype(np.int64))
+            pos_g.append(np.broadcast_to(off_g + np.arange(G * wb), (P, S, G * wb)))
+            off_g += G * wb
+        else:
+            e_u.append(idx.reshape(P, S, rb * wb).astype(np.int64))
+            r_u.append(np.broadcast_to(row_off[b] + np.repeat(np.arange(rb), wb), (P, S, rb * wb)))
+            w_u.append(np.broadcast_to(w_off[b] + np.arange(rb * wb), (P, S, rb * wb)))
+    if e_u:
+        e = np.concatenate(e_u, axis=2)
+        rev_row = _inverse_lists(e, np.concatenate(r_u, axis=2), n_ext, n_rows)
+        rev_w = _inverse_lists(e, np.concatenate(w_u, axis=2), n_ext, int(w_off[-1]))
+    else:
+        rev_row = rev_w = np.zeros((P, S, n_ext, 0), np.int32)
+    fold = (_inverse_lists(np.concatenate(e_g, axis=2), np.concatenate(pos_g, axis=2), n_ext, off_g) if e_g
+            else np.zeros((P, S, n_ext, 0), np.int32))
+    return TransposedTables(rev_row, rev_w, fold)

@@ -57,7 +57,7 @@ from jaxsdnn import forward
 from jaxsdnn import losses as losses_lib
 from jaxsdnn import models
 from jaxsdnn import plan as plan_lib
-from jaxsdnn import sharded
+from jaxsdnn import sharded, stacking
 from jaxsdnn.engine import to_host
 from jaxsdnn._atomic import atomic_write
 from jaxsdnn.config import Config, config_to_dict, load_config, save_config
@@ -167,6 +167,13 @@ def _shardings(model: forward.Model, params, opt_state):
         is_leaf=ckpt_lib._is_params_like,
     )
     return p_sh, o_sh, replicated
+
+
+def _plan_layout(model: forward.Model, tree):
+    """Every (host) :class:`~jaxsdnn.forward.SparseParams` node of ``tree`` in the plan's per-layer layout."""
+    splan = model.schedule.splan
+    return jax.tree.map(lambda n: stacking.unstack_values(splan, n) if isinstance(n, forward.SparseParams) else n,
+                        tree, is_leaf=lambda n: isinstance(n, forward.SparseParams))
 
 
 def make_step(opt: optax.GradientTransformation, loss=None):
@@ -483,7 +490,8 @@ def _train(config, run_dir: Path, t_start: float, writer: bool, *, resume, devic
     template = opt.init(jax.device_get(params))
     _, o_sh, _ = _shardings(model, params, template)
     if ck is not None:
-        opt_state = ckpt_lib.restore_opt_state(ck, plan, template)
+        opt_state = ckpt_lib.restore_opt_state(ck, plan, template,
+                                               layout=lambda net: forward._host_params(model, net))
         step, epoch, position = ck.step, ck.epoch, ck.position
         rng = ck.rng
         last_loss = ck.extra.get("loss")
@@ -514,6 +522,7 @@ def _train(config, run_dir: Path, t_start: float, writer: bool, *, resume, devic
     def save(host) -> Path | None:  # host: gather_to_host((params, opt_state)), which every process joins
         if not writer:
             return None
+        host = _plan_layout(model, host)  # the checkpoint format stores the plan's layout (in CSR order)
         return ckpt_lib.save_checkpoint(
             ckpt_dir, step=step, network=network, plan=plan, params=host[0], opt_state=host[1], parts=parts,
             epoch=epoch, position=position, data_seed=tc.seed, rng=rng,

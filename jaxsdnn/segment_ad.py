@@ -1,0 +1,171 @@
+"""One device's forward and reverse passes over stacked segments (inside ``shard_map``).
+
+The network's layers are the segments of :mod:`jaxsdnn.stacking`; here they run as *pieces*: a
+piece is a static range of one segment's layers, a ``lax.scan`` over the stacked tables, so the
+program has one loop body per piece whatever the depth. Pieces end where a caller wants a layer's
+output (captured activations) and before a linear last layer.
+
+Forward: each layer exchanges (``ppermute`` rounds of the segment's schedule), multiplies its
+buckets and applies the ReLU; with ``keep`` the scan also returns every layer's extended input
+(the residuals). Reverse: a reversed scan over the same tables; per layer the weight gradients
+(:func:`jaxsdnn.kernels.sampled_dense_dense`, or the grouped GEMM), ``W^T dz`` through the
+:class:`jaxsdnn.stacking.TransposedTables` (gathers for ungrouped buckets, one batched GEMM and a
+fold for grouped ones) and the transposed exchange: each received row's partial sum goes back to
+its owner, which adds it into the row it sent. The ReLU's derivative is read off the layer's
+output: 0 at ties (``z == 0``, ``z == cap``).
+
+Arrays (device axis removed): activations ``[n_rows, batch]``; a segment's params
+``{"w": per bucket [S, rows_b, width_b], "b": [S, n_rows]}``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from jaxsdnn import kernels
+from jaxsdnn.sharded import MODEL_AXIS, _exchange
+from jaxsdnn.stacking import Segment
+
+__all__ = ["Piece", "pieces", "piece_forward", "piece_backward"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Piece:
+    """Layers ``i0 .. i1`` (half open, within segment ``seg``) run as one scan.
+
+    Attributes:
+        seg, i0, i1: the segment and the layer range in it.
+        linear: the piece is the network's last layer, returned without the ReLU.
+        layer: the network layer number (1-based) of the piece's last layer.
+    """
+
+    seg: int
+    i0: int
+    i1: int
+    linear: bool
+    layer: int
+
+
+def pieces(segments: tuple[Segment, ...], linear_last: bool, capture: tuple[int, ...] = ()) -> tuple[Piece, ...]:
+    """Splits the segments at the captured layers and before a linear last layer."""
+    L = segments[-1].stop
+    cuts = set(capture) | ({L - 1} if linear_last else set())
+    out = []
+    for s, seg in enumerate(segments):
+        i0 = 0
+        for k in range(seg.start + 1, seg.stop + 1):  # network layer k is segment layer k - 1 - start
+            if k in cuts or k == seg.stop:
+                out.append(Piece(s, i0, k - seg.start, linear_last and k == L, k))
+                i0 = k - seg.start
+    return tuple(out)
+
+
+def _layer(x, t, w, b, *, rounds, cap, linear):
+    """One layer: ``(extended input, output)``; ``t``, ``w``, ``b`` are the layer's slices."""
+    xext = _exchange(x, t.send, rounds, MODEL_AXIS)
+    z = kernels.bucketed_spmm(xext, t.index, w, t.group_cols) + b[:, None]
+    return xext, (z if linear else kernels.activation(z, cap))
+
+
+def _slice(tree, i0, i1):
+    return jax.tree.map(lambda a: a[i0:i1], tree)
+
+
+def piece_forward(x, params, tables, row_ids, piece: Piece, seg: Segment, *, cap, keep: bool, count: bool):
+    """Runs ``piece`` from its input ``x`` ``[n_rows, batch]``.
+
+    Args:
+        params: the segment's values ``{"w": per bucket [S, ...], "b": [S, n_rows]}``.
+        tables: the segment's :class:`~jaxsdnn.stacking.StackedTables` (``[S, ...]``).
+        row_ids: ``[S, n_rows]`` int32 global neuron of each output row, -1 for padding (counts).
+
+    Returns:
+        ``(y, xexts, nnz)``: the piece's output, ``[len, n_ext, batch]`` extended inputs (None
+        without ``keep``) and ``[len, batch]`` int32 nonzero outputs per layer and sample (None
+        without ``count``), summed over the model axis.
+    """
+    sl = (_slice(tables, piece.i0, piece.i1), _slice(params["w"], piece.i0, piece.i1),
+          params["b"][piece.i0 : piece.i1], row_ids[piece.i0 : piece.i1])
+
+    def body(x, layer):
+        t, w, b, ids = layer
+        xext, y = _layer(x, t, w, b, rounds=seg.rounds, cap=cap, linear=piece.linear)
+        nnz = jax.lax.psum(jnp.sum((y != 0) & (ids >= 0)[:, None], axis=0, dtype=jnp.int32), MODEL_AXIS) if count \
+            else None
+        return y, (xext if keep else None, nnz)
+
+    y, (xexts, nnz) = jax.lax.scan(body, x, sl)
+    return y, xexts, nnz
+
+
+def _transposed(dz, w, tt, t):
+    """``W^T dz`` ``[n_ext, batch]`` of one layer: gathers for ungrouped buckets, a batched GEMM
+    and a fold for grouped ones (``tt``: the layer's :class:`~jaxsdnn.stacking.TransposedTables`)."""
+    out = None
+    if tt.rev_row.shape[1]:
+        wflat = jnp.concatenate([a.reshape(-1) for a in w])
+        out = kernels.padded_spmm(dz, tt.rev_row, jnp.take(wflat, tt.rev_w, mode="fill", fill_value=0))
+    if tt.fold.shape[1]:
+        offs, parts = 0, []
+        for wb, gc in zip(w, t.group_cols):
+            rows = wb.shape[0]
+            if gc.shape[0]:
+                parts.append(kernels.grouped_transposed_spmm(dz[offs : offs + rows], wb, gc.shape[0]))
+            offs += rows
+        folded = kernels.fold_rows(jnp.concatenate(parts, axis=0) if len(parts) > 1 else parts[0], tt.fold)
+        out = folded if out is None else out + folded
+    if out is None:  # a layer without stored edges: nothing flows back (typed like dz)
+        out = jnp.broadcast_to(dz[:1] * 0, (tt.rev_row.shape[0], dz.shape[1]))
+    return out
+
+
+def _return_partials(dxext, n_rows, sends, rounds):
+    """Transposed exchange: the partial sums of received rows go back and add into the sent rows."""
+    dx, off = dxext[:n_rows], n_rows
+    for send, pairs in zip(sends, rounds):
+        m = send.shape[0]
+        back = jax.lax.ppermute(dxext[off : off + m], MODEL_AXIS, [(q, p) for p, q in pairs])
+        dx = dx.at[send].add(back, mode="drop")
+        off += m
+    return dx
+
+
+def _weight_grads(dz, xext, t):
+    offs, out = 0, []
+    for idx, gc in zip(t.index, t.group_cols):
+        rows = idx.shape[0]
+        d = dz[offs : offs + rows]
+        out.append(kernels.grouped_sampled_dense_dense(d, xext, gc) if gc.shape[0]
+                   else kernels.sampled_dense_dense(d, xext, idx))
+        offs += rows
+    return tuple(out)
+
+
+def piece_backward(dy, y, xexts, params, tables, ttables, piece: Piece, seg: Segment, *, cap):
+    """The reverse of :func:`piece_forward`.
+
+    Args:
+        dy: ``[n_rows, batch]`` cotangent of the piece's output ``y``.
+        xexts: the forward's ``[len, n_ext, batch]`` extended inputs.
+        ttables: the segment's :class:`~jaxsdnn.stacking.TransposedTables` (``[S, ...]``).
+
+    Returns:
+        ``(dx, gw, gb)``: the cotangent of the piece's input, per bucket ``[len, rows_b, width_b]``
+        weight gradients and ``[len, n_rows]`` bias gradients (summed over the local batch).
+    """
+    sl = (_slice(tables, piece.i0, piece.i1), _slice(ttables, piece.i0, piece.i1),
+          _slice(params["w"], piece.i0, piece.i1), xexts)
+
+    def body(carry, layer):
+        dx, y = carry
+        t, tt, w, xext = layer
+        dz = dx if piece.linear else dx * kernels.activation_mask(y, cap)
+        gw, gb = _weight_grads(dz, xext, t), jnp.sum(dz, axis=1)
+        dx = _return_partials(_transposed(dz, w, tt, t), seg.n_rows, t.send, seg.rounds)
+        return (dx, xext[: seg.n_rows]), (gw, gb)
+
+    (dx, _), (gw, gb) = jax.lax.scan(body, (dy, y), sl, reverse=True)
+    return dx, gw, gb
