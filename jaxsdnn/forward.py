@@ -85,7 +85,7 @@ class SparseParams:
         return getattr(self, key)
 
 
-jax.tree_util.register_dataclass(TransposedTables, data_fields=["rev_row", "rev_w", "fold"], meta_fields=[])
+jax.tree_util.register_dataclass(TransposedTables, data_fields=["rev_row", "rev_w", "fold", "back"], meta_fields=[])
 
 
 @functools.partial(jax.tree_util.register_dataclass,
@@ -299,7 +299,7 @@ def _local_forward(params, tables: ModelTables, xb, st: _Static, keep: bool):
 
     Returns ``(y, captured, nnz, residuals)``: ``[b, n_L]``, the chosen layers' ``[b, n_k]``
     outputs (layer ``L``: ``y``), ``[b, L]`` nonzero counts (None without ``capture``) and, with
-    ``keep``, per piece its extended inputs and output.
+    ``keep``, per piece its residuals (extended inputs and ReLU masks).
     """
     segs, cap, sizes, L = st.schedule.segments, st.schedule.cap, st.schedule.sizes, len(st.schedule.sizes) - 1
     count = st.capture is not None
@@ -310,9 +310,9 @@ def _local_forward(params, tables: ModelTables, xb, st: _Static, keep: bool):
         if x.shape[0] < seg.n_rows:  # entering a wider segment
             x = jnp.pad(x, ((0, seg.n_rows - x.shape[0]), (0, 0)))
         seg_params = {"w": params.w[pc.seg], "b": params.b[pc.seg]}
-        x, xexts, counts = piece_forward(x, seg_params, tables.segments[pc.seg], tables.row_ids[pc.seg], pc, seg,
-                                         cap=cap, keep=keep, count=count)
-        res.append((xexts, x))
+        x, piece_res, counts = piece_forward(x, seg_params, tables.segments[pc.seg], tables.row_ids[pc.seg], pc,
+                                             seg, cap=cap, keep=keep, count=count)
+        res.append(piece_res)
         nnz.append(counts)
         if count and pc.layer in st.capture and pc.layer < L:
             captured[pc.layer] = _to_batch_major(x, tables.row_ids[pc.seg][pc.i1 - 1], sizes[pc.layer])
@@ -325,7 +325,7 @@ def _local_forward(params, tables: ModelTables, xb, st: _Static, keep: bool):
 def _local_backward(params, tables: ModelTables, res, dy, dcaptured: dict, st: _Static, want_dx: bool):
     """One device's backward: ``(grads, dx [b, n_0] or None)`` from the output cotangent ``dy``
     ``[b, n_L]`` and ``dcaptured`` (layer -> ``[b, n_k]`` cotangent of a captured output)."""
-    segs, cap, L = st.schedule.segments, st.schedule.cap, len(st.schedule.sizes) - 1
+    segs, L = st.schedule.segments, len(st.schedule.sizes) - 1
     if dcaptured.get(L) is not None:
         dy = dy + dcaptured[L]
     dx = _from_batch_major(dy, tables.row_ids[-1][-1])
@@ -336,10 +336,9 @@ def _local_backward(params, tables: ModelTables, res, dy, dcaptured: dict, st: _
         seg = segs[pc.seg]
         if pc.layer < L and dcaptured.get(pc.layer) is not None:
             dx = dx + _from_batch_major(dcaptured[pc.layer], tables.row_ids[pc.seg][pc.i1 - 1])
-        xexts, y = res[j]
         dx = dx[: seg.n_rows]
-        dx, w, b = piece_backward(dx, y, xexts, {"w": params.w[pc.seg]}, tables.segments[pc.seg],
-                                  tables.transposed[pc.seg], pc, seg, cap=cap)
+        dx, w, b = piece_backward(dx, res[j], {"w": params.w[pc.seg]}, tables.segments[pc.seg],
+                                  tables.transposed[pc.seg], pc, seg)
         gw[pc.seg].insert(0, w)
         gb[pc.seg].insert(0, b)
         if pc.i0 == 0 and pc.seg > 0:  # leaving the wider segment: the previous one's rows
@@ -383,7 +382,7 @@ def _core(st: _Static):
     mesh = st.schedule.mesh
     n_cap = 0 if st.capture is None else len(st.capture)
     out_specs = (_BATCH,) if st.capture is None else (_BATCH, (_BATCH,) * n_cap, _BATCH)
-    res_specs = tuple((_STACKED_ACT, _ACT) for _ in st.pieces)
+    res_specs = tuple((_STACKED_ACT, None if pc.linear else _STACKED_ACT) for pc in st.pieces)
 
     def mapped(keep):
         def body(params, tables, xb):

@@ -12,7 +12,7 @@ buckets and applies the ReLU; with ``keep`` the scan also returns every layer's 
 :class:`jaxsdnn.stacking.TransposedTables` (gathers for ungrouped buckets, one batched GEMM and a
 fold for grouped ones) and the transposed exchange: each received row's partial sum goes back to
 its owner, which adds it into the row it sent. The ReLU's derivative is read off the layer's
-output: 0 at ties (``z == 0``, ``z == cap``).
+output's pre-activation, kept by the forward as a bool mask: 0 at ties (``z == 0``, ``z == cap``).
 
 Arrays (device axis removed): activations ``[n_rows, batch]``; a segment's params
 ``{"w": per bucket [S, rows_b, width_b], "b": [S, n_rows]}``.
@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxsdnn import kernels
+from jaxsdnn.segments import pad_to
 from jaxsdnn.sharded import MODEL_AXIS, _exchange
 from jaxsdnn.stacking import Segment
 
@@ -64,10 +65,10 @@ def pieces(segments: tuple[Segment, ...], linear_last: bool, capture: tuple[int,
 
 
 def _layer(x, t, w, b, *, rounds, cap, linear):
-    """One layer: ``(extended input, output)``; ``t``, ``w``, ``b`` are the layer's slices."""
+    """One layer: ``(extended input, pre-activation, output)``; ``t``, ``w``, ``b`` are its slices."""
     xext = _exchange(x, t.send, rounds, MODEL_AXIS)
-    z = kernels.bucketed_spmm(xext, t.index, w, t.group_cols) + b[:, None]
-    return xext, (z if linear else kernels.activation(z, cap))
+    z = pad_to(kernels.bucketed_spmm(xext, t.index, w, t.group_cols), x.shape[0]) + b[:, None]
+    return xext, z, (z if linear else kernels.activation(z, cap))
 
 
 def _slice(tree, i0, i1):
@@ -83,22 +84,25 @@ def piece_forward(x, params, tables, row_ids, piece: Piece, seg: Segment, *, cap
         row_ids: ``[S, n_rows]`` int32 global neuron of each output row, -1 for padding (counts).
 
     Returns:
-        ``(y, xexts, nnz)``: the piece's output, ``[len, n_ext, batch]`` extended inputs (None
-        without ``keep``) and ``[len, batch]`` int32 nonzero outputs per layer and sample (None
-        without ``count``), summed over the model axis.
+        ``(y, residuals, nnz)``: the piece's output; with ``keep``, ``(xexts, masks)``: the
+        ``[len, n_ext, batch]`` extended inputs and ``[len, n_rows, batch]`` bool ReLU
+        derivatives (None otherwise); ``[len, batch]`` int32 nonzero outputs per layer and
+        sample summed over the model axis (None without ``count``).
     """
     sl = (_slice(tables, piece.i0, piece.i1), _slice(params["w"], piece.i0, piece.i1),
           params["b"][piece.i0 : piece.i1], row_ids[piece.i0 : piece.i1])
 
     def body(x, layer):
         t, w, b, ids = layer
-        xext, y = _layer(x, t, w, b, rounds=seg.rounds, cap=cap, linear=piece.linear)
+        xext, z, y = _layer(x, t, w, b, rounds=seg.rounds, cap=cap, linear=piece.linear)
         nnz = jax.lax.psum(jnp.sum((y != 0) & (ids >= 0)[:, None], axis=0, dtype=jnp.int32), MODEL_AXIS) if count \
             else None
-        return y, (xext if keep else None, nnz)
+        res = (xext, kernels.activation_mask(z, cap).astype(bool)) if keep and not piece.linear else \
+            ((xext, None) if keep else None)
+        return y, (res, nnz)
 
-    y, (xexts, nnz) = jax.lax.scan(body, x, sl)
-    return y, xexts, nnz
+    y, (res, nnz) = jax.lax.scan(body, x, sl)
+    return y, res, nnz
 
 
 def _transposed(dz, w, tt, t):
@@ -122,15 +126,17 @@ def _transposed(dz, w, tt, t):
     return out
 
 
-def _return_partials(dxext, n_rows, sends, rounds):
-    """Transposed exchange: the partial sums of received rows go back and add into the sent rows."""
-    dx, off = dxext[:n_rows], n_rows
+def _return_partials(dxext, n_rows, back, sends, rounds):
+    """Transposed exchange: the partial sums of received rows go back to their owners, which fold
+    them into the rows they sent (``back``: :attr:`~jaxsdnn.stacking.TransposedTables.back`)."""
+    if not rounds:
+        return dxext[:n_rows]
+    returned, off = [], n_rows
     for send, pairs in zip(sends, rounds):
         m = send.shape[0]
-        back = jax.lax.ppermute(dxext[off : off + m], MODEL_AXIS, [(q, p) for p, q in pairs])
-        dx = dx.at[send].add(back, mode="drop")
+        returned.append(jax.lax.ppermute(dxext[off : off + m], MODEL_AXIS, [(q, p) for p, q in pairs]))
         off += m
-    return dx
+    return dxext[:n_rows] + kernels.fold_rows(jnp.concatenate(returned, axis=0), back)
 
 
 def _weight_grads(dz, xext, t):
@@ -144,28 +150,28 @@ def _weight_grads(dz, xext, t):
     return tuple(out)
 
 
-def piece_backward(dy, y, xexts, params, tables, ttables, piece: Piece, seg: Segment, *, cap):
+def piece_backward(dy, res, params, tables, ttables, piece: Piece, seg: Segment):
     """The reverse of :func:`piece_forward`.
 
     Args:
-        dy: ``[n_rows, batch]`` cotangent of the piece's output ``y``.
-        xexts: the forward's ``[len, n_ext, batch]`` extended inputs.
+        dy: ``[n_rows, batch]`` cotangent of the piece's output.
+        res: the forward's residuals ``(xexts, masks)`` (``masks`` None for a linear piece).
         ttables: the segment's :class:`~jaxsdnn.stacking.TransposedTables` (``[S, ...]``).
 
     Returns:
         ``(dx, gw, gb)``: the cotangent of the piece's input, per bucket ``[len, rows_b, width_b]``
         weight gradients and ``[len, n_rows]`` bias gradients (summed over the local batch).
     """
+    xexts, masks = res
     sl = (_slice(tables, piece.i0, piece.i1), _slice(ttables, piece.i0, piece.i1),
-          _slice(params["w"], piece.i0, piece.i1), xexts)
+          _slice(params["w"], piece.i0, piece.i1), xexts, masks)
 
-    def body(carry, layer):
-        dx, y = carry
-        t, tt, w, xext = layer
-        dz = dx if piece.linear else dx * kernels.activation_mask(y, cap)
+    def body(dx, layer):
+        t, tt, w, xext, mask = layer
+        dz = dx if mask is None else jnp.where(mask, dx, 0)
         gw, gb = _weight_grads(dz, xext, t), jnp.sum(dz, axis=1)
-        dx = _return_partials(_transposed(dz, w, tt, t), seg.n_rows, t.send, seg.rounds)
-        return (dx, xext[: seg.n_rows]), (gw, gb)
+        dx = _return_partials(_transposed(dz, w, tt, t), seg.n_rows, tt.back, t.send, seg.rounds)
+        return dx, (gw, gb)
 
-    (dx, _), (gw, gb) = jax.lax.scan(body, (dy, y), sl, reverse=True)
+    dx, (gw, gb) = jax.lax.scan(body, dy, sl, reverse=True)
     return dx, gw, gb

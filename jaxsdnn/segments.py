@@ -82,14 +82,20 @@ def local_segment(params, tables: StackedTables, x, i0, i1, *, rounds, cap, axis
         x, bad = carry
         pick = functools.partial(jax.lax.dynamic_index_in_dim, index=i, axis=0, keepdims=False)
         xext = _exchange(x, [pick(s) for s in tables.send], rounds, axis)
-        z = kernels.bucketed_spmm(
+        z = pad_to(kernels.bucketed_spmm(
             xext, [pick(i) for i in tables.index], [pick(w) for w in params["w"]], [pick(g) for g in tables.group_cols]
-        ) + pick(params["b"])[:, None]
+        ), x.shape[0]) + pick(params["b"])[:, None]
         # checked before the cap, which would turn an overflow (inf) into a plausible 32
         return kernels.activation(z, cap), bad + jnp.sum(~jnp.isfinite(z), dtype=jnp.int32)
 
     none = jnp.sum(x[:0, :0] != 0, dtype=jnp.int32)  # 0, typed like x (varying over the mesh axes)
     return jax.lax.fori_loop(i0, i1, layer, (x, none))
+
+
+def pad_to(z, n_rows: int):
+    """A layer's bucket outputs ``[rows, batch]`` zero-padded to the carried ``n_rows`` (a layer
+    narrower than its input; see :mod:`jaxsdnn.stacking`)."""
+    return z if z.shape[0] == n_rows else jnp.pad(z, ((0, n_rows - z.shape[0]), (0, 0)))
 
 
 @functools.lru_cache(maxsize=256)

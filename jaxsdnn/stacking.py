@@ -7,8 +7,8 @@ grouping into segments, pads them to one shape and gives each segment one exchan
 
 * rows: every bucket takes the segment's largest row count (padding rows read the sentinel and
   hold zero weights and biases, so they stay 0), and a segment's input and output have the same
-  ``n_rows`` (its carried activation), so a ``fori_loop`` can run its layers over the stacked
-  tables;
+  ``n_rows`` (its carried activation: the buckets' rows, or the input's when that is wider, the
+  buckets' output then zero-padded), so a loop can run its layers over the stacked tables;
 * exchange: the segment's rounds are :func:`jaxsdnn.plan.schedule_rounds` of the element-wise
   largest ``[P, P]`` volume of its layers, each round's message as long as its largest pair needs
   in any layer; a layer sends its own entries and sentinel padding in the rest. A segment is
@@ -203,10 +203,9 @@ def stack_plan(plan: Plan, max_padding: float = 0.05) -> StackedPlan:
         R = np.array([math.gcd(*[int(r) for r in col]) for col in np.array([_piece_rows(plan, k) for k in layers]).T],
                      dtype=np.int64) * np.array(shapes[s][1], dtype=np.int64)
         rows = np.where(R > 0, -(-rows // np.maximum(R, 1)) * R, rows)
-        if rows.sum() < n_in:  # the input is wider than the layers: grow the last bucket
-            extra = n_in - int(rows.sum())
-            rows[-1] += -(-extra // R[-1]) * R[-1] if R[-1] else extra
-        n_rows = int(rows.sum())
+        # the carried activation keeps the input's rows when the layers are narrower (a classifier
+        # head): the buckets' outputs are zero-padded to it, never the buckets themselves
+        n_rows = max(int(rows.sum()), n_in)
         offsets = np.concatenate([[0], np.cumsum(rows)])
         rounds = schedule_rounds(vol)
         m = np.array([max(int(vol[p, q]) for p, q in pairs) for pairs in rounds], dtype=np.int64)
@@ -321,11 +320,16 @@ class TransposedTables:
             *grouped* buckets' transposed slots (bucket ``b`` contributes ``G_b * width_b`` rows,
             slot by slot: ``W_g^T dz_g``), concatenated; sentinel: their total. ``F_g = 0`` when
             the segment has no grouped bucket.
+        back: ``[P, S, n_rows, F_s]`` int32: for each own row, its positions in the concatenation
+            of the segment's round messages (what :attr:`StackedTables.send` sends), so that the
+            partial sums returned by the transposed exchange fold into the rows that were sent;
+            sentinel: the total message length. ``F_s = 0`` without an exchange.
     """
 
     rev_row: np.ndarray
     rev_w: np.ndarray
     fold: np.ndarray
+    back: np.ndarray
 
 
 def _inverse_lists(e: np.ndarray, payload: np.ndarray, n_ext: int, fill: int) -> np.ndarray:
@@ -372,4 +376,9 @@ def transposed_tables(seg: Segment, t: StackedTables) -> TransposedTables:
         rev_row = rev_w = np.zeros((P, S, n_ext, 0), np.int32)
     fold = (_inverse_lists(np.concatenate(e_g, axis=2), np.concatenate(pos_g, axis=2), n_ext, off_g) if e_g
             else np.zeros((P, S, n_ext, 0), np.int32))
-    return TransposedTables(rev_row, rev_w, fold)
+    if t.send:
+        sent = np.concatenate(t.send, axis=2).astype(np.int64)
+        back = _inverse_lists(sent, np.broadcast_to(np.arange(sent.shape[2]), sent.shape), n_rows, sent.shape[2])
+    else:
+        back = np.zeros((P, S, n_rows, 0), np.int32)
+    return TransposedTables(rev_row, rev_w, fold, back)
