@@ -51,6 +51,14 @@ def _close(a, b, tol=1e-5):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=tol, atol=tol * scale)
 
 
+def _assert_grads_match(net, model, gp, gw, gb):
+    """Sharded gradients ``gp`` equal the dense reference's ``gw`` (read at the edges) and ``gb``."""
+    g = jaxsdnn.to_network(model, gp)
+    for k, (gwk, gbk) in enumerate(zip(at_edges(net, gw), gb)):
+        _close(g.weights[k].data, gwk)
+        _close(g.biases[k], gbk)
+
+
 def _inputs(seed=0, batch=BATCH):
     rng = np.random.default_rng(seed)
     x = (rng.random((batch, SIZES[0])) * (rng.random((batch, SIZES[0])) < 0.5)).astype(np.float32)
@@ -91,10 +99,7 @@ def test_outputs_and_gradients_of_three_losses_match_dense_jax(net, model_axis, 
             lambda w, b, x: loss(dense_apply(w, b, x), labels, (w, b)), argnums=(0, 1, 2))(ws, bs, jnp.asarray(x))
         _close(value, ref_value)
         _close(gx, rgx)
-        g = jaxsdnn.to_network(model, gp)
-        for k, (gwk, gbk) in enumerate(zip(at_edges(net, gw), gb)):
-            _close(g.weights[k].data, gwk)
-            _close(g.biases[k], gbk)
+        _assert_grads_match(net, model, gp, gw, gb)
 
 
 def test_cross_entropy_through_apply_equals_the_fused_builtin(net):
@@ -139,10 +144,7 @@ def test_dense_plus_sparse_hybrid_gradients_match(net):
     _close(value, ref_value)
     for key in dense:
         _close(gd[key], rgd[key])
-    g = jaxsdnn.to_network(model, gp)
-    for k, (gwk, gbk) in enumerate(zip(at_edges(net, gw), gb)):
-        _close(g.weights[k].data, gwk)
-        _close(g.biases[k], gbk)
+    _assert_grads_match(net, model, gp, gw, gb)
 
 
 def test_padding_noise_changes_nothing(net):
@@ -198,10 +200,7 @@ def test_ragged_last_batch_is_the_mean_over_real_samples(net):
     ref, (gw, gb) = jax.value_and_grad(
         lambda w, b: losses.softmax_cross_entropy(dense_apply(w, b, jnp.asarray(x)), labels), argnums=(0, 1))(ws, bs)
     _close(value, ref)
-    g = jaxsdnn.to_network(model, gp)
-    for k, (gwk, gbk) in enumerate(zip(at_edges(net, gw), gb)):
-        _close(g.weights[k].data, gwk)
-        _close(g.biases[k], gbk)
+    _assert_grads_match(net, model, gp, gw, gb)
     with pytest.raises(ValueError, match="'data' axis"):
         jaxsdnn.apply(model, params, x)
 
@@ -233,10 +232,7 @@ def test_intermediate_activations_and_counts_from_one_program(net):
     value, gp = jax.value_and_grad(loss)(params)
     ref_value, (gw, gb) = jax.value_and_grad(ref_loss, argnums=(0, 1))(ws, bs)
     _close(value, ref_value)
-    g = jaxsdnn.to_network(model, gp)
-    for k, (gwk, gbk) in enumerate(zip(at_edges(net, gw), gb)):
-        _close(g.weights[k].data, gwk)
-        _close(g.biases[k], gbk)
+    _assert_grads_match(net, model, gp, gw, gb)
 
 
 def test_model_is_a_pytree_and_rebuilding_does_not_recompile(net):
