@@ -18,7 +18,7 @@ like any JAX model::
   outputs are scattered back to their global columns and summed over the model axis (one
   all-reduce of ``[batch, n_L]``).
 * The reverse-mode derivative is a ``jax.custom_vjp``: the transposed exchange (partial sums go
-  back to their owners) and the grouped weight-gradient kernels of :mod:`jaxsdnn.sharded`, so any
+  back to their owners) and the grouped weight-gradient kernels (:mod:`jaxsdnn.segment_ad`), so any
   loss costs what the built-in cross-entropy backward costs. The gradient with respect to ``x``
   is computed only when ``x`` is differentiated (``symbolic_zeros``).
 * :class:`Model` is a pytree (integer tables as leaves, the static schedule as metadata), so it is

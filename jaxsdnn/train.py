@@ -28,8 +28,9 @@ Python.
 
 Multi-host: every process runs the same steps; only process 0 writes files.
 
-Compiled step and predict functions are cached per (schedule, mesh, batch, optimizer) in the
-process, so several runs of one configuration in one process (tests, resume) compile once.
+Compiled steps are cached per (model schedule, batch, optimizer, loss) in the process, and
+prediction is one module-level ``jit`` of :func:`jaxsdnn.apply`, so several runs of one
+configuration in one process (tests, resume) compile once.
 """
 
 from __future__ import annotations
