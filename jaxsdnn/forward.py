@@ -51,11 +51,10 @@ from jax.custom_derivatives import SymbolicZero
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as Spec
 
-from jaxsdnn import segments as _segments  # noqa: F401  (registers StackedTables as a pytree)
 from jaxsdnn.network import SparseNetwork
 from jaxsdnn.plan import Plan, build_plan, layout_values, values_to_network
 from jaxsdnn.segment_ad import Piece, piece_backward, piece_forward, pieces
-from jaxsdnn.sharded import DATA_AXIS, MODEL_AXIS, _check_batch, _global_array, _put_by_model
+from jaxsdnn.sharded import DATA_AXIS, MODEL_AXIS, _check_batch, _global_array, _put_by_model, _squeeze
 from jaxsdnn.stacking import (Segment, StackedPlan, StackedTables, TransposedTables, stack_plan, stack_values,
                               transposed_tables, unstack_values)
 
@@ -289,7 +288,7 @@ class _Static:
     linear_last: bool
     capture: tuple[int, ...] | None  # None: no intermediate outputs and no counts
 
-    @property
+    @functools.cached_property  # read in every trace's loops; not a field, so not hashed
     def pieces(self) -> tuple[Piece, ...]:
         return pieces(self.schedule.segments, self.linear_last, self.capture or ())
 
@@ -359,12 +358,7 @@ def _local_backward(params, tables: ModelTables, res, dy, dcaptured: dict, st: _
 # ----------------------------------------------------------------------------------------------
 _BY_MODEL = Spec(MODEL_AXIS)
 _BATCH = Spec(DATA_AXIS, None)
-_ACT = Spec(MODEL_AXIS, None, DATA_AXIS)
 _STACKED_ACT = Spec(MODEL_AXIS, None, None, DATA_AXIS)
-
-
-def _squeeze(tree):
-    return jax.tree.map(lambda a: a[0], tree)
 
 
 def _values(tree):

@@ -273,7 +273,8 @@ def activation(z: jax.Array, cap: float | None) -> jax.Array:
     return y if cap is None else jnp.where(z < cap, y, jnp.full_like(z, cap))
 
 
-def activation_mask(z: jax.Array, cap: float | None) -> jax.Array:
-    """Derivative of :func:`activation` (1 where it passes ``z`` through, else 0), dtype of ``z``."""
+def activation_mask(z: jax.Array, cap: float | None, dtype=None) -> jax.Array:
+    """Derivative of :func:`activation` (1 where it passes ``z`` through, else 0), in ``dtype``
+    (default: that of ``z``; ``bool`` for a compact mask)."""
     mask = z > 0 if cap is None else (z > 0) & (z < cap)
-    return mask.astype(z.dtype)
+    return mask.astype(z.dtype if dtype is None else dtype)

@@ -97,8 +97,7 @@ def piece_forward(x, params, tables, row_ids, piece: Piece, seg: Segment, *, cap
         xext, z, y = _layer(x, t, w, b, rounds=seg.rounds, cap=cap, linear=piece.linear)
         nnz = jax.lax.psum(jnp.sum((y != 0) & (ids >= 0)[:, None], axis=0, dtype=jnp.int32), MODEL_AXIS) if count \
             else None
-        res = (xext, kernels.activation_mask(z, cap).astype(bool)) if keep and not piece.linear else \
-            ((xext, None) if keep else None)
+        res = (xext, None if piece.linear else kernels.activation_mask(z, cap, bool)) if keep else None
         return y, (res, nnz)
 
     y, (res, nnz) = jax.lax.scan(body, x, sl)
