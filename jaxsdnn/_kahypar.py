@@ -329,7 +329,28 @@ def _one_line(text: str) -> str:
 def _close_worker() -> None:
     worker = _STATE.pop("worker", None)
     if worker is not None:
+        _STATE["worker_peak_kb"] = max(_STATE.get("worker_peak_kb", 0), _peak_kb(worker.proc.pid))
         worker.close()
+
+
+def _peak_kb(pid: int) -> int:
+    """A live process's peak resident set (``VmHWM``, kB; 0 where /proc cannot tell)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def worker_peak_rss_mb() -> float:
+    """The largest peak resident memory of the tool's worker processes so far, in MB (the current
+    worker included; 0 off Linux)."""
+    worker = _STATE.get("worker")
+    live = _peak_kb(worker.proc.pid) if worker is not None and worker.alive() else 0
+    return max(live, _STATE.get("worker_peak_kb", 0)) / 1024
 
 
 atexit.register(_close_worker)

@@ -341,25 +341,85 @@ def _read_network(args):
                            allow_empty=args.allow_empty_layers)
 
 
+class _Progress:
+    """``partition_network``'s progress as a bar on stderr: redrawn in place on a terminal, else a
+    line at every tenth of a stage (logs stay short)."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.t0 = time.perf_counter()
+        self.last = None
+
+    def __call__(self, stage: str, done: int, total: int, volume: int) -> None:
+        tenth = (stage, done * 10 // total)
+        if not self.tty and tenth == self.last and done != total:
+            return
+        self.last = tenth
+        filled = 30 * done // total
+        line = (f"partition {stage:7s} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total} layers, "
+                f"volume so far {volume:,}, {time.perf_counter() - self.t0:.0f} s")
+        self.stream.write(("\r" + line + ("\n" if done == total else "")) if self.tty else line + "\n")
+        self.stream.flush()
+
+
+def _peak_rss_mb() -> dict:
+    """Peak resident memory of this process and of the partitioning tool's worker process."""
+    import resource
+
+    from jaxsdnn import _kahypar
+
+    scale = 1 / 1024 if sys.platform.startswith("linux") else 1 / 2**20  # kB on Linux, bytes on macOS
+    return {"self": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale, 1),
+            "tool_worker": round(_kahypar.worker_peak_rss_mb(), 1)}
+
+
+def _bounds(net, parts: int, epsilon: float) -> dict:
+    """The best proven lower bound on every layer-balanced partition's volume, and the tighter
+    class-preserving one where it applies (``jaxsdnn.bounds``)."""
+    from jaxsdnn import bounds
+
+    out = {"bound": int(bounds.device_chain_bound(net, parts, epsilon)), "bound_kind": "device_chain"}
+    try:
+        out["class_preserving_bound"] = int(bounds.class_preserving_bound(net, parts))
+    except ValueError:
+        out["class_preserving_bound"] = None
+    return out
+
+
 def _cmd_partition(args) -> dict:
-    from jaxsdnn import metrics, partition
+    from jaxsdnn import metrics, partition_cache
 
     _check_outputs({"--out": args.out}, {"--network": _network_files(args)})
     net = _read_network(args)
     t0 = time.perf_counter()
+    progress = _Progress() if args.progress else None
     try:
-        part = partition.partition_network(net, args.parts, method=args.method, epsilon=args.epsilon,
-                                           seed=args.seed, threads=args.threads)
+        part, hit = partition_cache.cached_partition(
+            net, args.parts, method=args.method, epsilon=args.epsilon, seed=args.seed, threads=args.threads,
+            cache_dir=False if args.no_cache else args.cache_dir, contract=not args.no_contract, progress=progress)
     except ValueError as e:
         raise ValueError(_flag_words(str(e), "--parts")) from None
     seconds = time.perf_counter() - t0
+    from jaxsdnn import partition
+
     partition.save_partition(args.out, part)
     m = metrics.partition_metrics(net, part)
-    print(f"{args.method} partition into {args.parts} parts: volume {m['volume']}, worst layer imbalance "
-          f"{m['max_imbalance']:.4f}, {seconds:.1f} s -> {args.out}", file=sys.stderr)
-    return {"volume": int(m["volume"]), "per_layer_volume": [int(v) for v in m["per_layer_volume"]],
-            "max_imbalance": float(m["max_imbalance"]), "seconds": seconds, "parts": args.parts,
-            "method": args.method, "out": str(args.out)}
+    out = {"volume": int(m["volume"]), "per_layer_volume": [int(v) for v in m["per_layer_volume"]],
+           "max_imbalance": float(m["max_imbalance"]), "seconds": seconds, "parts": args.parts,
+           "method": args.method, "out": str(args.out), "cache_hit": hit, "peak_rss_mb": _peak_rss_mb()}
+    bound_text = ""
+    if not args.no_bound and args.parts > 1:
+        t1 = time.perf_counter()
+        out.update(_bounds(net, args.parts, args.epsilon))
+        out["bound_seconds"] = time.perf_counter() - t1
+        out["gap"] = (out["volume"] / out["bound"] - 1) if out["bound"] else None
+        gap = f"{100 * out['gap']:.1f} % above it" if out["gap"] is not None else "no gap (the bound is 0)"
+        bound_text = f", proven lower bound {out['bound']} ({gap})"
+    print(f"{args.method} partition into {args.parts} parts: volume {m['volume']}{bound_text}, worst layer "
+          f"imbalance {m['max_imbalance']:.4f}, {seconds:.1f} s{' (cached)' if hit else ''} -> {args.out}",
+          file=sys.stderr)
+    return out
 
 
 def _enable_compile_cache(where: str | None) -> str | None:
@@ -441,7 +501,9 @@ def _cmd_infer(args) -> dict:
             raise UsageError(f"{args.partition} has {part.num_parts} parts but --devices is {model}")
     elif model > 1:
         try:
-            part = partition.partition_network(net, model, method=args.method or "kahypar", seed=args.seed)
+            from jaxsdnn import partition_cache
+
+            part, _ = partition_cache.cached_partition(net, model, method=args.method or "kahypar", seed=args.seed)
         except ValueError as e:
             raise ValueError(_flag_words(str(e), "--devices")) from None
     def facts() -> dict:  # multi-host: every process must agree on these before the first collective
@@ -622,6 +684,14 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--threads", type=_int_in(1, 1024), default=1, help="Mt-KaHyPar threads")
     pa.add_argument("--out", required=True)
     pa.add_argument("--json", action="store_true")
+    pa.add_argument("--progress", action="store_true", help="a progress bar on stderr (layers done, volume so far)")
+    pa.add_argument("--cache-dir", default=None,
+                    help="where partitions are reused by job (default $JAXSDNN_PARTITION_CACHE or "
+                         "~/.cache/jaxsdnn/partitions)")
+    pa.add_argument("--no-cache", action="store_true", help="always partition, and store nothing")
+    pa.add_argument("--no-contract", action="store_true",
+                    help="give the tool every neuron, not chunks of identical-input neurons")
+    pa.add_argument("--no-bound", action="store_true", help="skip the lower bound (a few seconds on 1024 x 120)")
 
     i = sub.add_parser("infer", help="run inference and write the categories")
     network_args(i)

@@ -31,6 +31,7 @@ __all__ = [
     "LayerHypergraph",
     "build_hypergraph",
     "connectivity_volume",
+    "contract",
     "layer_hypergraph",
     "layer_pairs",
     "layer_volume",
@@ -371,3 +372,40 @@ def layer_hypergraph(
         net_pins=np.concatenate(net_pins) if net_pins else np.zeros(0, np.int64),
         net_weights=np.concatenate(net_weights) if net_weights else np.zeros(0, np.int64),
     )
+
+
+def contract(h: LayerHypergraph, groups: np.ndarray) -> LayerHypergraph:
+    """The hypergraph with free vertex ``v`` replaced by vertex ``groups[v]`` (anchors kept).
+
+    Every net keeps its set of blocks: for a partition ``pc`` of the contracted vertices,
+    ``contract(h, groups).volume(pc) == h.volume(pc[groups])`` (the volume identity). Pins that
+    fall together are kept once, nets left with one pin are dropped (they can never cross) and
+    identical nets are merged with their weights summed, so the tool sees a much smaller problem
+    where many neurons share their inputs (16 per class in the Graph Challenge layers).
+
+    Args:
+        h: a layer hypergraph.
+        groups: ``[h.num_free]`` int64 ids ``0 .. m - 1``, every id used.
+    """
+    groups = np.asarray(groups, np.int64)
+    n, P = h.num_free, h.num_parts
+    m = int(groups.max()) + 1 if groups.size else 0
+    relabel = np.concatenate([groups, m + np.arange(P, dtype=np.int64)])
+    nets = h.pin_nets()
+    pins = relabel[h.net_pins]
+    top = m + P
+    keys = np.unique(nets * top + pins)  # distinct (net, pin), sorted by net then pin
+    nets, pins = keys // top, keys % top
+    sizes = np.bincount(nets, minlength=h.num_nets)
+    ptr = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    keep = np.flatnonzero(sizes >= 2)
+    ptr, pins = _gather_rows(ptr, pins, keep)
+    weights = h.net_weights[keep]
+    if keep.size:  # merge identical nets (two independent 64-bit sum hashes, as _merge_identical)
+        rng = np.random.default_rng(0x5EED)
+        hashes = np.stack([_sum_by_row(ptr, rng.integers(0, 1 << 62, size=top, dtype=np.int64)[pins])
+                           for _ in range(2)], axis=1)
+        _, first, cls = np.unique(hashes, axis=0, return_index=True, return_inverse=True)
+        weights = np.bincount(cls.reshape(-1), weights=weights, minlength=first.size).astype(np.int64)
+        ptr, pins = _gather_rows(ptr, pins, first)
+    return LayerHypergraph(num_free=m, num_parts=P, net_ptr=ptr, net_pins=pins, net_weights=weights)

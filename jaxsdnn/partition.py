@@ -47,7 +47,7 @@ import numpy as np
 
 from jaxsdnn import _kahypar
 from jaxsdnn._atomic import atomic_write
-from jaxsdnn.hypergraph import LayerHypergraph, connectivity_volume, layer_hypergraph
+from jaxsdnn.hypergraph import LayerHypergraph, connectivity_volume, contract, layer_hypergraph, layer_volume
 from jaxsdnn.network import SparseNetwork
 
 __all__ = ["METHODS", "Partition", "load_partition", "partition_network", "save_partition"]
@@ -367,42 +367,97 @@ def _check_arguments(network: SparseNetwork, num_parts, method, epsilon, seed, t
         raise ValueError(f"threads={threads!r} must be an integer >= 1")
 
 
-def _solve(network, parts, k, weights, cap, num_parts, tool, epsilon, seed, threads) -> tuple[np.ndarray, int]:
-    """Partitions layer ``k`` with the known neighbours fixed; returns (devices, local volume)."""
+def contraction_groups(network: SparseNetwork, k: int, num_parts: int, per_part: int = 4) -> np.ndarray | None:
+    """Chunks of layer ``k``'s neurons that the tool may treat as one vertex: ``[n_k]`` ids, or None.
+
+    Neurons reading the same inputs (:meth:`~jaxsdnn.network.SparseNetwork.input_classes`; for
+    layer 0, inputs read by the same neurons) are cut into chunks of at most ``n_k / (P *
+    per_part)`` neurons, so that every device's share is at least ``per_part`` chunks and the tool
+    can still balance. Within a class, neurons are ordered by the smallest next-layer class
+    reading them, so that neurons read together tend to share a chunk. None where chunks would
+    not halve the vertex count.
+    """
+    n = network.sizes[k]
+    size = n // (int(num_parts) * per_part)
+    if size < 2:
+        return None
+    key = network.input_classes(k) if k >= 1 else network.reader_classes(1)
+    sig = np.full(n, -1, np.int64)
+    if k < network.num_layers:
+        w = network.weights[k]
+        rows = np.flatnonzero(np.diff(w.indptr) > 0)
+        if rows.size:
+            sig[rows] = np.minimum.reduceat(network.input_classes(k + 1)[w.indices], w.indptr[rows])
+    order = np.lexsort((np.arange(n), sig, key))
+    sorted_key = key[order]
+    rank = np.arange(n) - np.searchsorted(sorted_key, sorted_key)  # position inside the class
+    chunk = rank // size
+    new = np.ones(n, bool)
+    new[1:] = (sorted_key[1:] != sorted_key[:-1]) | (chunk[1:] != chunk[:-1])
+    groups = np.empty(n, np.int64)
+    groups[order] = np.cumsum(new) - 1
+    return groups if 2 * (int(groups.max()) + 1) <= n else None
+
+
+def _solve(network, parts, k, weights, cap, num_parts, tool, epsilon, seed, threads,
+           groups=None) -> tuple[np.ndarray, int]:
+    """Partitions layer ``k`` with the known neighbours fixed; returns (devices, local volume).
+
+    With ``groups`` (:func:`contraction_groups`) the tool partitions the contracted hypergraph;
+    the result is expanded, then repaired and refined neuron by neuron on the full one.
+    """
     h = layer_hypergraph(network, parts, k, num_parts)
     if h.num_nets == 0:  # nothing to gain: any balanced assignment will do
         p = _contiguous(weights, num_parts)
     else:
+        small, w = (h, weights) if groups is None else (
+            contract(h, groups), np.bincount(groups, weights=weights).astype(np.int64))
         try:
-            p = _kahypar.solve_layer(h, weights, cap, tool, epsilon, seed, threads)
+            p = _kahypar.solve_layer(small, w, cap, tool, epsilon, seed, threads)
         except _kahypar.ToolError as e:
             raise _kahypar.ToolError(
                 f"layer {k} ({weights.size} neurons, {h.num_nets} nets, {num_parts} parts): {e}"
             ) from None
+        if groups is not None:
+            p = p[groups]
     p = repair_balance(weights, p, cap, num_parts, gains=h.move_gains, layer=k)
     if h.num_nets:
         p = refine_layer(h, weights, p, cap, rounds=8)
     return p, h.volume(p)
 
 
-def _sweep_and_descend(network, weights, caps, num_parts, tool, epsilon, seed, threads, passes, tol):
-    """The forward sweep, then coordinate-descent passes (alternating direction)."""
+def _sweep_and_descend(network, weights, caps, num_parts, tool, epsilon, seed, threads, passes, tol,
+                       contract_: bool = True, progress=None):
+    """The forward sweep, then coordinate-descent passes (alternating direction).
+
+    ``progress(stage, done, total, volume)``, if given, is called after every layer: ``volume`` is
+    the volume of the layers placed so far (exact: a pass changes it by each accepted gain).
+    """
     L = network.num_layers
+    groups = [contraction_groups(network, k, num_parts) if contract_ else None for k in range(L + 1)]
     parts: list = [None] * (L + 1)
-    for k in [1, 0] + list(range(2, L + 1)):  # layer 1 first: its readers-of-one-input nets
-        parts[k], _ = _solve(network, parts, k, weights[k], caps[k], num_parts, tool, epsilon, seed, threads)
+    volume = 0
+    for i, k in enumerate([1, 0] + list(range(2, L + 1))):  # layer 1 first: its readers-of-one-input nets
+        parts[k], _ = _solve(network, parts, k, weights[k], caps[k], num_parts, tool, epsilon, seed, threads,
+                             groups[k])
+        if progress is not None:
+            volume += layer_volume(network, parts, max(k, 1), num_parts) if k != 1 else 0
+            progress("sweep", i + 1, L + 1, volume)
     for t in range(passes):
         gained, total = 0, 0
-        for k in range(L, -1, -1) if t % 2 == 0 else range(L + 1):
+        for i, k in enumerate(range(L, -1, -1) if t % 2 == 0 else range(L + 1)):
             h = layer_hypergraph(network, parts, k, num_parts)
             before = h.volume(parts[k])
             total += before
-            if before == 0:
-                continue
-            p, after = _solve(network, parts, k, weights[k], caps[k], num_parts, tool, epsilon, seed + 1 + t, threads)
-            if after < before:
-                parts[k] = p
-                gained += before - after
+            if before > 0:
+                p, after = _solve(network, parts, k, weights[k], caps[k], num_parts, tool, epsilon, seed + 1 + t,
+                                  threads, groups[k])
+                if after < before:
+                    parts[k] = p
+                    gained += before - after
+                    volume -= before - after
+            if progress is not None:
+                progress(f"pass {t + 1}", i + 1, L + 1, volume)
         if gained <= tol * total:
             break
     return parts
@@ -504,6 +559,8 @@ def partition_network(
     *,
     passes: int = 3,
     tol: float = 0.001,
+    contract: bool = True,
+    progress=None,
 ) -> Partition:
     """Partitions every layer of ``network`` over ``num_parts`` devices, each layer balanced.
 
@@ -532,6 +589,14 @@ def partition_network(
             does not depend on it).
         passes: the most coordinate-descent passes (0: the sweep only).
         tol: the relative gain below which passes stop.
+        contract: let the tool see chunks of identical-input neurons as single vertices
+            (:func:`contraction_groups`, :func:`~jaxsdnn.hypergraph.contract`); every chunk is
+            then refined neuron by neuron. Measured (one core): real 1024 x 120 at P = 8, 10.1 s
+            against 25.8 s and volume 106,799 against 106,979; at P = 16, 10.6 s against 43.0 s
+            and 124,928 against 124,877; generated 4096 x 24 at P = 16, 9.2 s against 21.3 s and
+            78,743 against 79,052.
+        progress: ``progress(stage, layers_done, layers, volume_so_far)`` after every layer
+            of the sweep and of every pass (``kahypar`` / ``mtkahypar``).
 
     Returns:
         The :class:`Partition`, every layer's largest load within ``(1 + epsilon)`` of its mean, or
@@ -564,7 +629,8 @@ def partition_network(
             p[order] = _contiguous(w[order], P)
             parts.append(p)
     else:
-        parts = _sweep_and_descend(network, weights, caps, P, method, float(epsilon), int(seed), threads, passes, tol)
+        parts = _sweep_and_descend(network, weights, caps, P, method, float(epsilon), int(seed), threads, passes, tol,
+                                   contract, progress)
         chains = unit_chains(network, weights, P)
         if chains is not None:
             args = (weights[0], caps[0], P, method, float(epsilon), int(seed), threads)

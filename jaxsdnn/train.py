@@ -102,19 +102,20 @@ def block_parts(network, num_parts: int) -> list[np.ndarray]:
 
 def partition_parts(network, num_parts: int, method: str = "block", epsilon: float = 0.03, seed: int = 0,
                     threads: int = 1):
-    """A partition of ``network`` (:func:`jaxsdnn.partition.partition_network` when available).
+    """A partition of ``network`` (:func:`jaxsdnn.partition.partition_network` when available),
+    reused from the partition cache for the same job (:mod:`jaxsdnn.partition_cache`).
 
     Without :mod:`jaxsdnn.partition` only ``method="block"`` works (:func:`block_parts`).
     """
     try:
-        from jaxsdnn.partition import partition_network
+        from jaxsdnn.partition_cache import cached_partition
     except ImportError:
         if method != "block":
             raise ValueError(
                 f"partition.method={method!r} needs jaxsdnn.partition, which is not importable; use 'block'"
             ) from None
         return block_parts(network, num_parts)
-    return partition_network(network, num_parts, method=method, epsilon=epsilon, seed=seed, threads=threads)
+    return cached_partition(network, num_parts, method=method, epsilon=epsilon, seed=seed, threads=threads)[0]
 
 
 def make_optimizer(cfg, total_steps: int) -> tuple[optax.GradientTransformation, callable]:

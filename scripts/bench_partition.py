@@ -25,6 +25,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from jaxsdnn._kahypar import partition_unconstrained  # noqa: E402
+from jaxsdnn.bounds import device_chain_bound  # noqa: E402
 from jaxsdnn.hypergraph import connectivity_volume  # noqa: E402
 from jaxsdnn.metrics import partition_metrics  # noqa: E402
 from jaxsdnn.network import SparseNetwork  # noqa: E402
@@ -32,7 +33,8 @@ from jaxsdnn.partition import METHODS, layer_weights, partition_network  # noqa:
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REAL_DIR = os.path.join(REPO, "data", "graphchallenge", "neuron1024")
-COLUMNS = ("network", "P", "method", "volume", "vs random", "vs unconstrained", "worst layer imbalance", "seconds")
+COLUMNS = ("network", "P", "method", "volume", "vs random", "vs unconstrained", "proven bound", "gap to bound",
+           "worst layer imbalance", "seconds", "peak RSS MB (process, tool)")
 
 
 def load_network(name: str, layers: int | None) -> SparseNetwork:
@@ -66,6 +68,15 @@ def worst_imbalance(network: SparseNetwork, parts, num_parts: int) -> float:
     return out
 
 
+def peak_rss_mb() -> tuple[float, float]:
+    """Peak RSS so far of this process and of the partitioning tool's worker process."""
+    import resource
+
+    from jaxsdnn import _kahypar
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, _kahypar.worker_peak_rss_mb()
+
+
 def markdown(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
@@ -76,8 +87,11 @@ def markdown(rows: list[dict]) -> str:
             str(r["volume"]),
             f"{r['vs_random']:.4f}",
             f"{r['vs_unconstrained']:.2f}",
+            str(r["bound"]),
+            "-" if r["gap"] is None else f"{100 * r['gap']:+.1f} %",
             f"{r['imbalance']:.3f}",
             f"{r['seconds']:.1f}",
+            f"{r['rss_mb'][0]:.0f}, {r['rss_mb'][1]:.0f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -120,6 +134,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="Mt-KaHyPar threads")
     ap.add_argument("--quick", action="store_true", help="12 real / 16 RadiX-Net layers, P in {4, 16}")
+    ap.add_argument("--no-contract", action="store_true", help="give the tools every neuron (no contraction)")
+    ap.add_argument("--no-bound", action="store_true", help="skip jaxsdnn.bounds.device_chain_bound")
     ap.add_argument("--out", default="bench_out")
     args = ap.parse_args(argv)
     if args.quick:
@@ -136,11 +152,13 @@ def main(argv=None) -> int:
             random = partition_network(network, P, method="random", epsilon=args.epsilon, seed=args.seed)
             base = connectivity_volume(network, random.parts)[0]
             free_volume = float("nan")
+            bound = 0 if args.no_bound or P < 2 else int(device_chain_bound(network, P, args.epsilon))
 
             def record(method, parts, volume, seconds):
                 ratio = volume / max(free_volume, 1) if free_volume == free_volume else float("nan")
                 row = dict(network=label, P=P, method=method, volume=int(volume), vs_random=volume / base)
-                row.update(vs_unconstrained=ratio, imbalance=worst_imbalance(network, parts, P), seconds=seconds)
+                row.update(vs_unconstrained=ratio, imbalance=worst_imbalance(network, parts, P), seconds=seconds,
+                           bound=bound, gap=(volume / bound - 1) if bound else None, rss_mb=peak_rss_mb())
                 rows.append(row)
                 print(markdown(rows[-1:]).splitlines()[-1], flush=True)
 
@@ -152,7 +170,8 @@ def main(argv=None) -> int:
             for method in [m for m in args.methods if m != "unconstrained"]:
                 t = time.perf_counter()
                 part = partition_network(
-                    network, P, method=method, epsilon=args.epsilon, seed=args.seed, threads=args.threads
+                    network, P, method=method, epsilon=args.epsilon, seed=args.seed, threads=args.threads,
+                    contract=not args.no_contract,
                 )
                 seconds = time.perf_counter() - t
                 record(method, part.parts, partition_metrics(network, part)["volume"], seconds)

@@ -20,6 +20,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GC_DIR = os.path.join(REPO, "data", "graphchallenge")
 
 
+@pytest.fixture(autouse=True)
+def _partition_cache(tmp_path_factory, monkeypatch):
+    """Every test gets an empty partition cache of its own (CLI runs reuse partitions by job)."""
+    monkeypatch.setenv("JAXSDNN_PARTITION_CACHE", str(tmp_path_factory.mktemp("partition_cache")))
+
+
 def random_network(sizes, density=0.3, seed=0, cap=None, bias_scale=0.1) -> SparseNetwork:
     """A network of uneven layer sizes with random values; every neuron has >= 1 input."""
     rng = np.random.default_rng(seed)
