@@ -326,11 +326,16 @@ def _one_line(text: str) -> str:
     return "; ".join(x for x in lines if x)[-600:]
 
 
+_IDLE: list = []  # workers not serving a call; several callers (threads) get one each
+
+
 def _close_worker() -> None:
-    worker = _STATE.pop("worker", None)
-    if worker is not None:
-        _STATE["worker_peak_kb"] = max(_STATE.get("worker_peak_kb", 0), _peak_kb(worker.proc.pid))
-        worker.close()
+    """Ends every idle worker, keeping the peak memory they reached."""
+    with _WORKER_LOCK:
+        while _IDLE:
+            worker = _IDLE.pop()
+            _STATE["worker_peak_kb"] = max(_STATE.get("worker_peak_kb", 0), _peak_kb(worker.proc.pid))
+            worker.close()
 
 
 def _peak_kb(pid: int) -> int:
@@ -346,11 +351,11 @@ def _peak_kb(pid: int) -> int:
 
 
 def worker_peak_rss_mb() -> float:
-    """The largest peak resident memory of the tool's worker processes so far, in MB (the current
-    worker included; 0 off Linux)."""
-    worker = _STATE.get("worker")
-    live = _peak_kb(worker.proc.pid) if worker is not None and worker.alive() else 0
-    return max(live, _STATE.get("worker_peak_kb", 0)) / 1024
+    """The largest peak resident memory of a tool worker process so far, in MB (idle workers
+    included; 0 off Linux)."""
+    with _WORKER_LOCK:
+        live = [_peak_kb(w.proc.pid) for w in _IDLE if w.alive()]
+    return max(live + [_STATE.get("worker_peak_kb", 0)]) / 1024
 
 
 atexit.register(_close_worker)
@@ -359,23 +364,23 @@ atexit.register(_close_worker)
 def _call_worker(request: dict) -> np.ndarray:
     name = _TOOL_NAMES[request["tool"]]
     with _WORKER_LOCK:
-        worker = _STATE.get("worker")
-        if worker is None or not worker.alive():
-            _STATE["worker"] = worker = _Worker()
-        try:
-            _send(worker.proc.stdin, request)
-            status, value = _recv(worker.proc.stdout)
-        except (EOFError, OSError, pickle.UnpicklingError):
-            code = worker.proc.wait()
-            message = worker.message()
-            worker.kill()
-            _STATE.pop("worker", None)
-            how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
-            raise ToolError(f"{name} {how}" + (f": {message}" if message else "")) from None
-        except BaseException:  # Ctrl-C mid-call: the worker's state is unknown, start afresh next time
-            worker.kill()
-            _STATE.pop("worker", None)
-            raise
+        worker = _IDLE.pop() if _IDLE else None
+    if worker is None or not worker.alive():
+        worker = _Worker()
+    try:
+        _send(worker.proc.stdin, request)
+        status, value = _recv(worker.proc.stdout)
+    except (EOFError, OSError, pickle.UnpicklingError):
+        code = worker.proc.wait()
+        message = worker.message()
+        worker.kill()
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+        raise ToolError(f"{name} {how}" + (f": {message}" if message else "")) from None
+    except BaseException:  # Ctrl-C mid-call: the worker's state is unknown, start afresh next time
+        worker.kill()
+        raise
+    with _WORKER_LOCK:
+        _IDLE.append(worker)
     if status != "ok":
         raise ToolError(f"{name} failed: {_one_line(value)}")
     return value

@@ -397,7 +397,8 @@ def _cmd_partition(args) -> dict:
     try:
         part, hit = partition_cache.cached_partition(
             net, args.parts, method=args.method, epsilon=args.epsilon, seed=args.seed, threads=args.threads,
-            cache_dir=False if args.no_cache else args.cache_dir, contract=not args.no_contract, progress=progress)
+            cache_dir=False if args.no_cache else args.cache_dir, contract=not args.no_contract, progress=progress,
+            workers=args.workers)
     except ValueError as e:
         raise ValueError(_flag_words(str(e), "--parts")) from None
     seconds = time.perf_counter() - t0
@@ -510,7 +511,7 @@ def _cmd_infer(args) -> dict:
         return {
             "network": net.fingerprint()[:16], "values": _digest(*(w.data for w in net.weights), *net.biases),
             "images": int(images.shape[0]), "images_digest": _digest(images.indptr, images.indices, images.data),
-            "partition": None if part is None else _digest(*part.parts), "batch_size": args.batch_size,
+            "partition": None if part is None else _digest(*part.parts), "batch_size": args.batch_size, "exchange_dtype": args.exchange_dtype,
             "data_parallel": args.data_parallel, "compact": not args.no_compact,
         }
 
@@ -521,7 +522,7 @@ def _cmd_infer(args) -> dict:
 
     mesh = sharded.make_mesh(model, args.data_parallel, devices=devices)
     result = engine.run_inference(net, images, partition=part, mesh=mesh, batch_size=args.batch_size,
-                                  compact=not args.no_compact)
+                                  compact=not args.no_compact, exchange_dtype=args.exchange_dtype)
     if _is_writer():
         io.write_categories(args.out, result.categories)
         if args.scores:
@@ -684,6 +685,9 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--threads", type=_int_in(1, 1024), default=1, help="Mt-KaHyPar threads")
     pa.add_argument("--out", required=True)
     pa.add_argument("--json", action="store_true")
+    pa.add_argument("--workers", type=_int_in(1, 1024), default=min(2, os.cpu_count() or 1),
+                    help="tool processes refining independent layers at once (default: 2 where there are 2 cores; "
+                         "the partition does not depend on it)")
     pa.add_argument("--progress", action="store_true", help="a progress bar on stderr (layers done, volume so far)")
     pa.add_argument("--cache-dir", default=None,
                     help="where partitions are reused by job (default $JAXSDNN_PARTITION_CACHE or "
@@ -698,6 +702,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--images", required=True, help="images .tsv[.gz] or .mtx")
     i.add_argument("--out", required=True, help="categories file to write")
     i.add_argument("--batch-size", type=_positive_int, default=None)
+    i.add_argument("--exchange-dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="type of the activations sent between devices (bfloat16 / float16: half the bytes, "
+                        "rounded; see BENCHMARKS.md for the measured error)")
     i.add_argument("--scores", default=None,
                    help="save the survivors' last-layer activations, sparse: FILE.npz (scipy.sparse.save_npz of "
                         "the [images, n_L] CSR matrix) or any other name for image<TAB>neuron<TAB>value lines "

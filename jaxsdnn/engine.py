@@ -266,6 +266,7 @@ def run_inference(
     repeats: int = 1,
     compact: bool = True,
     max_padding: float = 0.05,
+    exchange_dtype=None,
 ) -> InferenceResult:
     """Runs ``network`` on ``images`` (``[images, n_0]``, dense or scipy.sparse).
 
@@ -281,7 +282,11 @@ def run_inference(
             ``1`` times the first pass less its compilation.
         compact: drop dead samples where that is exact (see the module docstring).
         max_padding: stacking tolerance (:func:`jaxsdnn.stacking.stack_plan`).
+        exchange_dtype: ``"bfloat16"`` or ``"float16"`` sends the activations that cross devices
+            in that type (half the bytes); None or ``"float32"`` sends them exactly. See
+            BENCHMARKS.md for the measured error and categories.
     """
+    segments.check_exchange_dtype(exchange_dtype)
     images = _as_images(images, network.sizes[0])
     n_img = images.shape[0]
     parts = plan_lib.parts_single_device(network) if partition is None else partition
@@ -294,7 +299,7 @@ def run_inference(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     batch = default_batch_size(network, n_img, data) if batch_size is None else min(int(batch_size), n_img)
     batch = -(-batch // data) * data
-    sn = segments.shard_stacked(splan, network, mesh)
+    sn = segments.shard_stacked(splan, network, mesh, exchange_dtype)
     n_rows0 = splan.segments[0].n_rows
 
     def one_pass() -> _Pass:

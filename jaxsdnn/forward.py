@@ -52,6 +52,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as Spec
 
 from jaxsdnn.network import SparseNetwork
+from jaxsdnn.segments import check_exchange_dtype
 from jaxsdnn.plan import Plan, build_plan, layout_values, values_to_network
 from jaxsdnn.segment_ad import Piece, piece_backward, piece_forward, pieces
 from jaxsdnn.sharded import DATA_AXIS, MODEL_AXIS, _check_batch, _global_array, _put_by_model, _squeeze
@@ -119,6 +120,9 @@ class Schedule:
         sizes: ``(n_0, ..., n_L)``.
         splan, network: the host stacked plan and network (not compared: the program depends on
             the fields above and on the table shapes only).
+        exchange_dtype: the type activations cross devices in (None: float32; ``"bfloat16"``,
+            ``"float16"``: half the bytes, the received entries rounded). The backward's partial
+            sums travel in float32.
     """
 
     mesh: Mesh
@@ -127,6 +131,7 @@ class Schedule:
     sizes: tuple[int, ...]
     splan: StackedPlan = dataclasses.field(compare=False, repr=False)
     network: SparseNetwork = dataclasses.field(compare=False, repr=False)
+    exchange_dtype: str | None = None
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["tables"], meta_fields=["schedule"])
@@ -206,7 +211,7 @@ def param_shapes(model: Model) -> SparseParams:
 
 
 def shard_model(network: SparseNetwork, partition, mesh: Mesh, *, max_buckets: int = 6,
-                max_padding: float = 0.05) -> tuple[Model, SparseParams]:
+                max_padding: float = 0.05, exchange_dtype=None) -> tuple[Model, SparseParams]:
     """Plans ``network`` under ``partition`` and puts it on ``mesh``.
 
     Args:
@@ -217,13 +222,16 @@ def shard_model(network: SparseNetwork, partition, mesh: Mesh, *, max_buckets: i
         max_buckets: forward buckets per layer (see :func:`~jaxsdnn.plan.build_plan`).
         max_padding: how much exchange padding a segment may add to share one schedule
             (:func:`~jaxsdnn.stacking.stack_plan`; 0: segments only where the schedules agree).
+        exchange_dtype: None / ``"float32"`` (exact), ``"bfloat16"`` or ``"float16"``: the forward
+            sends the activations that cross devices in that type (:attr:`Schedule.exchange_dtype`).
 
     Returns:
         ``(model, params)``: the :class:`Model` and its :class:`SparseParams`, both on ``mesh``.
     """
     plan = partition if isinstance(partition, Plan) else build_plan(network, partition, max_buckets=max_buckets)
     splan = stack_plan(plan, max_padding=max_padding)
-    schedule = Schedule(mesh, splan.segments, plan.cap, tuple(plan.sizes), splan, network)
+    schedule = Schedule(mesh, splan.segments, plan.cap, tuple(plan.sizes), splan, network,
+                        check_exchange_dtype(exchange_dtype))
     (tables,) = _put_by_model(mesh, plan.num_parts, _model_tables(splan))
     model = Model(tables, schedule)
     return model, _put_by_model(mesh, plan.num_parts, _host_params(model, network))[0]
@@ -310,7 +318,8 @@ def _local_forward(params, tables: ModelTables, xb, st: _Static, keep: bool):
             x = jnp.pad(x, ((0, seg.n_rows - x.shape[0]), (0, 0)))
         seg_params = {"w": params.w[pc.seg], "b": params.b[pc.seg]}
         x, piece_res, counts = piece_forward(x, seg_params, tables.segments[pc.seg], tables.row_ids[pc.seg], pc,
-                                             seg, cap=cap, keep=keep, count=count)
+                                             seg, cap=cap, keep=keep, count=count,
+                                             exchange_dtype=st.schedule.exchange_dtype)
         res.append(piece_res)
         nnz.append(counts)
         if count and pc.layer in st.capture and pc.layer < L:

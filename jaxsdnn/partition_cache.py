@@ -4,7 +4,7 @@ A partition depends only on the network's structure and the partitioner's argume
 stored under a key made of the network's :meth:`~jaxsdnn.network.SparseNetwork.fingerprint`,
 ``P``, the method, ``epsilon``, the seed, the options that change the result (passes, tolerance,
 contraction) and :data:`CACHE_VERSION`. Thread counts do not enter it: the result does not depend
-on them. Entries are ordinary partition files (:func:`~jaxsdnn.partition.save_partition`),
+on them, nor does the worker count. Entries are ordinary partition files (:func:`~jaxsdnn.partition.save_partition`),
 written atomically; one that cannot be read or that does not match its key is partitioned again
 and replaced, and a cache directory that cannot be written only costs the reuse.
 
@@ -56,6 +56,7 @@ def cached_partition(
     tol: float = 0.001,
     contract: bool = True,
     progress=None,
+    workers: int = 1,
 ) -> tuple[_partition.Partition, bool]:
     """:func:`~jaxsdnn.partition.partition_network`, reusing a stored result of the same job.
 
@@ -69,7 +70,7 @@ def cached_partition(
     options = {"passes": int(passes), "tol": float(tol), "contract": bool(contract)}
     if cache_dir is False or method in ("block", "random") or int(num_parts) == 1:  # cheaper than a lookup
         return _partition.partition_network(network, num_parts, method, epsilon, seed, threads, progress=progress,
-                                            **options), False
+                                            workers=workers, **options), False
     _partition._check_arguments(network, num_parts, method, epsilon, seed, threads)
     directory = os.fspath(default_cache_dir() if cache_dir is None or cache_dir is True else cache_dir)
     path = os.path.join(directory, cache_key(network, num_parts, method, epsilon, seed, **options) + ".npz")
@@ -82,7 +83,7 @@ def cached_partition(
         except ValueError:
             pass  # unreadable or another job's: partition again and replace it
     part = _partition.partition_network(network, num_parts, method, epsilon, seed, threads, progress=progress,
-                                        **options)
+                                        workers=workers, **options)
     try:
         os.makedirs(directory, exist_ok=True)
         _partition.save_partition(path, part)

@@ -64,9 +64,9 @@ def pieces(segments: tuple[Segment, ...], linear_last: bool, capture: tuple[int,
     return tuple(out)
 
 
-def _layer(x, t, w, b, *, rounds, cap, linear):
+def _layer(x, t, w, b, *, rounds, cap, linear, exchange_dtype=None):
     """One layer: ``(extended input, pre-activation, output)``; ``t``, ``w``, ``b`` are its slices."""
-    xext = _exchange(x, t.send, rounds, MODEL_AXIS)
+    xext = _exchange(x, t.send, rounds, MODEL_AXIS, exchange_dtype)
     z = pad_to(kernels.bucketed_spmm(xext, t.index, w, t.group_cols), x.shape[0]) + b[:, None]
     return xext, z, (z if linear else kernels.activation(z, cap))
 
@@ -75,7 +75,8 @@ def _slice(tree, i0, i1):
     return jax.tree.map(lambda a: a[i0:i1], tree)
 
 
-def piece_forward(x, params, tables, row_ids, piece: Piece, seg: Segment, *, cap, keep: bool, count: bool):
+def piece_forward(x, params, tables, row_ids, piece: Piece, seg: Segment, *, cap, keep: bool, count: bool,
+                  exchange_dtype=None):
     """Runs ``piece`` from its input ``x`` ``[n_rows, batch]``.
 
     Args:
@@ -94,7 +95,7 @@ def piece_forward(x, params, tables, row_ids, piece: Piece, seg: Segment, *, cap
 
     def body(x, layer):
         t, w, b, ids = layer
-        xext, z, y = _layer(x, t, w, b, rounds=seg.rounds, cap=cap, linear=piece.linear)
+        xext, z, y = _layer(x, t, w, b, rounds=seg.rounds, cap=cap, linear=piece.linear, exchange_dtype=exchange_dtype)
         nnz = jax.lax.psum(jnp.sum((y != 0) & (ids >= 0)[:, None], axis=0, dtype=jnp.int32), MODEL_AXIS) if count \
             else None
         res = (xext, None if piece.linear else kernels.activation_mask(z, cap, bool)) if keep else None

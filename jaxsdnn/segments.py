@@ -55,15 +55,37 @@ class StackedNetwork:
     mesh: Mesh
     params: tuple[dict, ...]
     tables: tuple[StackedTables, ...]
+    exchange_dtype: str | None = None
 
 
-def shard_stacked(splan: StackedPlan, network, mesh: Mesh) -> StackedNetwork:
-    """Puts the stacked values and tables of ``network`` on ``mesh`` (model axis = partition)."""
+def shard_stacked(splan: StackedPlan, network, mesh: Mesh, exchange_dtype=None) -> StackedNetwork:
+    """Puts the stacked values and tables of ``network`` on ``mesh`` (model axis = partition).
+
+    ``exchange_dtype``: activations cross devices in this type (None: float32), see
+    :func:`jaxsdnn.sharded._exchange`.
+    """
     values = stack_values(splan, layout_values(splan.plan, network))
-    return StackedNetwork(splan, mesh, *_put_by_model(mesh, splan.num_parts, values, splan.tables))
+    return StackedNetwork(splan, mesh, *_put_by_model(mesh, splan.num_parts, values, splan.tables),
+                          exchange_dtype=check_exchange_dtype(exchange_dtype))
 
 
-def local_segment(params, tables: StackedTables, x, i0, i1, *, rounds, cap, axis=MODEL_AXIS):
+EXCHANGE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def check_exchange_dtype(dtype) -> str | None:
+    """The exchange type's name (None for float32, the default), or a ValueError naming the choices."""
+    if dtype is None:
+        return None
+    try:
+        name = jnp.dtype(dtype).name
+    except TypeError:
+        name = str(dtype)
+    if name not in EXCHANGE_DTYPES:
+        raise ValueError(f"exchange_dtype={dtype!r} is not one of {EXCHANGE_DTYPES}")
+    return None if name == "float32" else name
+
+
+def local_segment(params, tables: StackedTables, x, i0, i1, *, rounds, cap, axis=MODEL_AXIS, exchange_dtype=None):
     """Layers ``i0 .. i1`` (half open, counted within the segment) of a segment on one device.
 
     Args:
@@ -81,7 +103,7 @@ def local_segment(params, tables: StackedTables, x, i0, i1, *, rounds, cap, axis
     def layer(i, carry):
         x, bad = carry
         pick = functools.partial(jax.lax.dynamic_index_in_dim, index=i, axis=0, keepdims=False)
-        xext = _exchange(x, [pick(s) for s in tables.send], rounds, axis)
+        xext = _exchange(x, [pick(s) for s in tables.send], rounds, axis, exchange_dtype)
         z = pad_to(kernels.bucketed_spmm(
             xext, [pick(i) for i in tables.index], [pick(w) for w in params["w"]], [pick(g) for g in tables.group_cols]
         ), x.shape[0]) + pick(params["b"])[:, None]
@@ -99,10 +121,10 @@ def pad_to(z, n_rows: int):
 
 
 @functools.lru_cache(maxsize=256)
-def _chunk_fn(mesh: Mesh, rounds, cap):
+def _chunk_fn(mesh: Mesh, rounds, cap, exchange_dtype=None):
     def per_device(params, tables, x, i0, i1):
         y, bad = local_segment(jax.tree.map(lambda a: a[0], params), jax.tree.map(lambda a: a[0], tables), x[0],
-                               i0, i1, rounds=rounds, cap=cap)
+                               i0, i1, rounds=rounds, cap=cap, exchange_dtype=exchange_dtype)
         alive = jax.lax.psum(jnp.sum(y != 0, axis=0, dtype=jnp.int32), MODEL_AXIS)
         bad = jax.lax.psum(bad, (MODEL_AXIS, DATA_AXIS))
         return y[None], alive, bad
@@ -126,7 +148,7 @@ def segment_chunk(sn: StackedNetwork, s: int):
     ``bad``: int32, non-finite activations after it. One function per (mesh, exchange rounds,
     ReLU cap), so segments of one shape share their compiled programs.
     """
-    return _chunk_fn(sn.mesh, sn.splan.segments[s].rounds, sn.splan.plan.cap)
+    return _chunk_fn(sn.mesh, sn.splan.segments[s].rounds, sn.splan.plan.cap, sn.exchange_dtype)
 
 
 @functools.lru_cache(maxsize=64)

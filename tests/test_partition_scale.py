@@ -150,3 +150,19 @@ def test_bound_never_exceeds_a_partition_of_the_real_network():
     net = read_network(NETWORK, num_layers=12)
     for P in (8, 16):
         assert bounds.device_chain_bound(net, P) <= connectivity_volume(net, partition_network(net, P))[0]
+
+
+@pytest.mark.parametrize("method", ["kahypar", "mtkahypar"])
+def test_parallel_passes_agree_with_serial_for_a_seed(method):
+    from conftest import random_network
+
+    net = random_network([40, 52, 47, 51, 38, 45, 50], density=0.1, seed=5)
+    serial = partition_network(net, 3, method=method, seed=4, workers=1)
+    parallel = partition_network(net, 3, method=method, seed=4, workers=3)
+    for a, b in zip(serial.parts, parallel.parts):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_bad_workers_is_refused(radix):
+    with pytest.raises(ValueError, match="workers=0"):
+        partition_network(radix, 2, workers=0)

@@ -191,6 +191,26 @@ def test_grouped_buckets_are_slots_of_rows_with_identical_inputs(split, dead):
     assert grouped >= 2
 
 
+@pytest.mark.parametrize("slots_per_block", [1, 2, 3, 7])
+def test_grouped_weight_gradient_in_blocks(slots_per_block, monkeypatch):
+    """Blocks of any size (the last one padded) give the per-row gathered product."""
+    import jax.numpy as jnp
+
+    from jaxsdnn import kernels
+
+    G, R, width, batch, n_in = 7, 3, 4, 5, 20
+    rng = np.random.default_rng(slots_per_block)
+    cols = np.stack([rng.choice(n_in, width, replace=False) for _ in range(G)]).astype(np.int32)
+    cols[2, -1] = n_in  # a sentinel slot reads 0
+    index = np.repeat(cols, R, axis=0)
+    dz = rng.standard_normal((G * R, batch)).astype(np.float32)
+    x = rng.standard_normal((n_in, batch)).astype(np.float32)
+    monkeypatch.setattr(kernels, "SLOT_BLOCK_BYTES", slots_per_block * width * batch * 4)
+    np.testing.assert_allclose(
+        kernels.grouped_sampled_dense_dense(jnp.asarray(dz), jnp.asarray(x), jnp.asarray(cols)),
+        kernels.sampled_dense_dense(jnp.asarray(dz), jnp.asarray(x), jnp.asarray(index)), rtol=1e-5, atol=1e-5)
+
+
 def test_unstructured_layers_are_not_grouped():
     net = random_network([40, 30, 20], density=0.2, seed=3)
     plan = build_plan(net, random_parts(net, 2, seed=0))
