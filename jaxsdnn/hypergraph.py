@@ -388,7 +388,7 @@ def contract(h: LayerHypergraph, groups: np.ndarray) -> LayerHypergraph:
         groups: ``[h.num_free]`` int64 ids ``0 .. m - 1``, every id used.
     """
     groups = np.asarray(groups, np.int64)
-    n, P = h.num_free, h.num_parts
+    P = h.num_parts
     m = int(groups.max()) + 1 if groups.size else 0
     relabel = np.concatenate([groups, m + np.arange(P, dtype=np.int64)])
     nets = h.pin_nets()

@@ -222,7 +222,7 @@ def test_train_takes_a_user_loss_and_optimizer(tmp_path):
     def user_ce(logits, labels, weights):
         return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=1))
 
-    same = train(cfg, tmp_path / "user_ce", progress=False, loss=user_ce)
+    train(cfg, tmp_path / "user_ce", progress=False, loss=user_ce)
     a, b = losses(tmp_path / "base"), losses(tmp_path / "user_ce")
     assert a.keys() == b.keys()
     np.testing.assert_allclose([b[k] for k in b], [a[k] for k in a], rtol=2e-5)
