@@ -597,9 +597,10 @@ def partition_network(
 
     ``kahypar`` and ``mtkahypar`` sweep the layers (layer 1 with only the nets "readers of one
     input together", then layer 0 against it, then layers 2..L each against the layer before),
-    then run up to ``passes`` coordinate-descent passes, alternating backward and forward: each
-    layer is re-partitioned against both neighbours and the result kept if the two adjacent
-    layers' volume drops; the passes stop once one gains less than ``tol`` of that volume.
+    then run up to ``passes`` coordinate-descent passes, each over the layers of one parity and
+    then the other (independent problems, ``workers`` at a time): each layer is re-partitioned
+    against both neighbours and the result kept if the two adjacent layers' volume drops; the
+    passes stop once one gains less than ``tol`` of that volume.
     Fixed neighbours enter each layer's hypergraph as one anchor vertex per device. After every
     tool call the layer's balance is checked and repaired with the cheapest moves, then
     :func:`refine_layer` improves it under the same caps. Where :func:`unit_chains` applies

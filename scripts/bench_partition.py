@@ -135,13 +135,15 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="Mt-KaHyPar threads")
     ap.add_argument("--quick", action="store_true", help="12 real / 16 RadiX-Net layers, P in {4, 16}")
     ap.add_argument("--no-contract", action="store_true", help="give the tools every neuron (no contraction)")
+    ap.add_argument("--workers", type=int, default=1, help="tool processes for a pass's independent layers")
     ap.add_argument("--no-bound", action="store_true", help="skip jaxsdnn.bounds.device_chain_bound")
     ap.add_argument("--out", default="bench_out")
     args = ap.parse_args(argv)
     if args.quick:
         args.parts = [4, 16]
     os.makedirs(args.out, exist_ok=True)
-    header = f"Machine: {machine()}; threads={args.threads}, epsilon={args.epsilon}, seed={args.seed}"
+    header = (f"Machine: {machine()}; threads={args.threads}, workers={args.workers}, epsilon={args.epsilon}, "
+              f"seed={args.seed}, contract={not args.no_contract}")
     print(header, flush=True)
     rows: list[dict] = []
     for name in args.networks:
@@ -171,7 +173,7 @@ def main(argv=None) -> int:
                 t = time.perf_counter()
                 part = partition_network(
                     network, P, method=method, epsilon=args.epsilon, seed=args.seed, threads=args.threads,
-                    contract=not args.no_contract,
+                    contract=not args.no_contract, workers=args.workers,
                 )
                 seconds = time.perf_counter() - t
                 record(method, part.parts, partition_metrics(network, part)["volume"], seconds)
