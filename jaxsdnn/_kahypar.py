@@ -365,7 +365,10 @@ def _call_worker(request: dict) -> np.ndarray:
     name = _TOOL_NAMES[request["tool"]]
     with _WORKER_LOCK:
         worker = _IDLE.pop() if _IDLE else None
-    if worker is None or not worker.alive():
+    if worker is not None and not worker.alive():
+        worker.kill()  # reaps it and closes its log
+        worker = None
+    if worker is None:
         worker = _Worker()
     try:
         _send(worker.proc.stdin, request)

@@ -410,13 +410,14 @@ def contraction_groups(network: SparseNetwork, k: int, num_parts: int, per_part:
 
 
 def _solve(network, parts, k, weights, cap, num_parts, tool, epsilon, seed, threads,
-           groups=None) -> tuple[np.ndarray, int]:
+           groups=None, h=None) -> tuple[np.ndarray, int]:
     """Partitions layer ``k`` with the known neighbours fixed; returns (devices, local volume).
 
     With ``groups`` (:func:`contraction_groups`) the tool partitions the contracted hypergraph;
-    the result is expanded, then repaired and refined neuron by neuron on the full one.
+    the result is expanded, then repaired and refined neuron by neuron on the full one. ``h``:
+    the layer's hypergraph, if the caller has built it already.
     """
-    h = layer_hypergraph(network, parts, k, num_parts)
+    h = layer_hypergraph(network, parts, k, num_parts) if h is None else h
     if h.num_nets == 0:  # nothing to gain: any balanced assignment will do
         p = _contiguous(weights, num_parts)
     else:
@@ -466,7 +467,7 @@ def _sweep_and_descend(network, weights, caps, num_parts, tool, epsilon, seed, t
         if before == 0:
             return k, None, before, before
         p, after = _solve(network, parts, k, weights[k], caps[k], num_parts, tool, epsilon, seed + 1 + t,
-                          threads, groups[k])
+                          threads, groups[k], h)
         return k, p, before, after
 
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
