@@ -265,7 +265,7 @@ def run_inference(
     batch_size: int | None = None,
     repeats: int = 1,
     compact: bool = True,
-    max_padding: float = 0.05,
+    max_padding: float | None = None,
     exchange_dtype=None,
 ) -> InferenceResult:
     """Runs ``network`` on ``images`` (``[images, n_0]``, dense or scipy.sparse).

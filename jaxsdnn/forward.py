@@ -211,7 +211,7 @@ def param_shapes(model: Model) -> SparseParams:
 
 
 def shard_model(network: SparseNetwork, partition, mesh: Mesh, *, max_buckets: int = 6,
-                max_padding: float = 0.05, exchange_dtype=None) -> tuple[Model, SparseParams]:
+                max_padding: float | None = None, exchange_dtype=None) -> tuple[Model, SparseParams]:
     """Plans ``network`` under ``partition`` and puts it on ``mesh``.
 
     Args:
@@ -221,7 +221,8 @@ def shard_model(network: SparseNetwork, partition, mesh: Mesh, *, max_buckets: i
         mesh: a ``(MODEL_AXIS, DATA_AXIS)`` mesh (:func:`~jaxsdnn.sharded.make_mesh`).
         max_buckets: forward buckets per layer (see :func:`~jaxsdnn.plan.build_plan`).
         max_padding: how much exchange padding a segment may add to share one schedule
-            (:func:`~jaxsdnn.stacking.stack_plan`; 0: segments only where the schedules agree).
+            (:func:`~jaxsdnn.stacking.stack_plan`; 0: segments only where the schedules agree;
+            None: by depth).
         exchange_dtype: None / ``"float32"`` (exact), ``"bfloat16"`` or ``"float16"``: the forward
             sends the activations that cross devices in that type (:attr:`Schedule.exchange_dtype`).
 
@@ -275,17 +276,20 @@ def param_mask(model: Model) -> SparseParams:
 # ----------------------------------------------------------------------------------------------
 # per device (inside shard_map)
 # ----------------------------------------------------------------------------------------------
+# Both conversions scatter / gather whole rows of the feature-major array and transpose once:
+# scattering into (or gathering from) the columns of the batch-major array directly was measured
+# 3.7x (scatter) and 1.2x (gather) slower ([1024, 1000], one core).
 def _to_batch_major(x, ids, n):
     """Local ``[n_rows, b]`` rows -> ``[b, n]`` global columns (summed over the model axis)."""
     ids = jnp.where(ids >= 0, ids, n)
-    out = jnp.zeros((x.shape[1], n), x.dtype).at[:, ids].set(x.T, mode="drop")
+    out = jax.lax.optimization_barrier(jnp.zeros((n, x.shape[1]), x.dtype).at[ids].set(x, mode="drop")).T
     return jax.lax.psum(out, MODEL_AXIS)
 
 
 def _from_batch_major(g, ids):
     """``[b, n]`` -> this device's ``[n_rows, b]`` rows (0 at padding, ``ids == -1``)."""
     ids = jnp.where(ids >= 0, ids, g.shape[1])
-    return jnp.take(g, ids, axis=1, mode="fill", fill_value=0).T
+    return jnp.take(g.T, ids, axis=0, mode="fill", fill_value=0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -306,7 +310,7 @@ def _local_forward(params, tables: ModelTables, xb, st: _Static, keep: bool):
 
     Returns ``(y, captured, nnz, residuals)``: ``[b, n_L]``, the chosen layers' ``[b, n_k]``
     outputs (layer ``L``: ``y``), ``[b, L]`` nonzero counts (None without ``capture``) and, with
-    ``keep``, per piece its residuals (extended inputs and ReLU masks).
+    ``keep``, per piece its residuals (extended inputs and output).
     """
     segs, cap, sizes, L = st.schedule.segments, st.schedule.cap, st.schedule.sizes, len(st.schedule.sizes) - 1
     count = st.capture is not None
@@ -346,10 +350,10 @@ def _local_backward(params, tables: ModelTables, res, dy, dcaptured: dict, st: _
             dx = dx + _from_batch_major(dcaptured[pc.layer], tables.row_ids[pc.seg][pc.i1 - 1])
         dx = dx[: seg.n_rows]
         dx, w, b = piece_backward(dx, res[j], {"w": params.w[pc.seg]}, tables.segments[pc.seg],
-                                  tables.transposed[pc.seg], pc, seg)
+                                  tables.transposed[pc.seg], pc, seg, cap=st.schedule.cap, want_dx=want_dx or j > 0)
         gw[pc.seg].insert(0, w)
         gb[pc.seg].insert(0, b)
-        if pc.i0 == 0 and pc.seg > 0:  # leaving the wider segment: the previous one's rows
+        if dx is not None and pc.i0 == 0 and pc.seg > 0:  # leaving the wider segment: the previous one's rows
             dx = dx[: segs[pc.seg - 1].n_rows]
     cat = (lambda parts: parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=0))
     grads = SparseParams(tuple(tuple(cat([p[bk] for p in ws]) for bk in range(len(ws[0]))) for ws in gw),
@@ -358,7 +362,8 @@ def _local_backward(params, tables: ModelTables, res, dy, dcaptured: dict, st: _
     if not want_dx:
         return grads, None
     ids = jnp.where(tables.in_ids >= 0, tables.in_ids, st.schedule.sizes[0])
-    dx0 = jnp.zeros((dx.shape[1], st.schedule.sizes[0]), dx.dtype).at[:, ids].add(dx.T, mode="drop")
+    dx0 = jax.lax.optimization_barrier(
+        jnp.zeros((st.schedule.sizes[0], dx.shape[1]), dx.dtype).at[ids].add(dx, mode="drop")).T
     return grads, jax.lax.psum(dx0, MODEL_AXIS)
 
 
@@ -368,6 +373,7 @@ def _local_backward(params, tables: ModelTables, res, dy, dcaptured: dict, st: _
 _BY_MODEL = Spec(MODEL_AXIS)
 _BATCH = Spec(DATA_AXIS, None)
 _STACKED_ACT = Spec(MODEL_AXIS, None, None, DATA_AXIS)
+_ACT = Spec(MODEL_AXIS, None, DATA_AXIS)
 
 
 def _values(tree):
@@ -385,7 +391,7 @@ def _core(st: _Static):
     mesh = st.schedule.mesh
     n_cap = 0 if st.capture is None else len(st.capture)
     out_specs = (_BATCH,) if st.capture is None else (_BATCH, (_BATCH,) * n_cap, _BATCH)
-    res_specs = tuple((_STACKED_ACT, None if pc.linear else _STACKED_ACT) for pc in st.pieces)
+    res_specs = tuple((_STACKED_ACT, None if pc.linear else _ACT) for pc in st.pieces)
 
     def mapped(keep):
         def body(params, tables, xb):

@@ -247,7 +247,7 @@ class LayerHypergraph:
 
         The entry of ``v``'s own device is 0. Moves of vertices that share no net add up exactly.
         """
-        n, P = self.num_free, self.num_parts
+        n = self.num_free
         parts = np.asarray(parts, np.int64)
         counts = self._counts(parts)
         nets = self.pin_nets()

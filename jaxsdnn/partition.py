@@ -644,7 +644,7 @@ def partition_network(
     _check_arguments(network, num_parts, method, epsilon, seed, threads)
     if not _is_int(workers) or workers < 1:
         raise ValueError(f"workers={workers!r} must be an integer >= 1")
-    P, L = int(num_parts), network.num_layers
+    P = int(num_parts)
     weights = layer_weights(network)
     caps = [layer_cap(w, P, epsilon) for w in weights]
     for k, (w, cap) in enumerate(zip(weights, caps)):

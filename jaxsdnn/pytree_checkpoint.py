@@ -62,7 +62,7 @@ from jaxsdnn.checkpoint import gather_to_host
 from jaxsdnn.forward import Model, SparseParams, _host_params, _network_of, param_shapes
 from jaxsdnn.sharded import MODEL_AXIS
 
-__all__ = ["checkpoint_metadata", "latest_step", "model_partition", "restore_tree", "save_tree"]
+__all__ = ["checkpoint_metadata", "latest_step", "model_partition", "restore_tree", "save_tree", "saved_steps"]
 
 FORMAT = "jaxsdnn-pytree-checkpoint"
 VERSION = 1
@@ -94,6 +94,16 @@ def latest_step(directory: str | os.PathLike) -> int | None:
     count), or ``None`` when there is none or no such directory."""
     with _manager(Path(directory).absolute()) as mngr:
         return mngr.latest_step()
+
+
+def saved_steps(directory: str | os.PathLike) -> list[int]:
+    """The steps saved in ``directory``, read off the file system without starting JAX or orbax
+    (what a command line checks before it sets up its devices): orbax names a finished step's
+    directory by its number and an unfinished one ``<step>.orbax-checkpoint-tmp-*``."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
 
 
 def _is_sparse(x) -> bool:
@@ -327,7 +337,7 @@ def _place(a, x, default=None):
     return jax.make_array_from_callback(a.shape, sharding, lambda index: a[index])
 
 
-def restore_tree(directory: str | os.PathLike, model: Model, like, *, step: int | None = None):
+def restore_tree(directory: str | os.PathLike, model: Model, like, *, step: int | None = None, partial: bool = False):
     """Restores a checkpoint into the structure of ``like``, laid out for ``model``.
 
     Args:
@@ -339,6 +349,8 @@ def restore_tree(directory: str | os.PathLike, model: Model, like, *, step: int 
             restored leaf its type and sharding. A SparseParams node is filled from the stored CSR
             values and placed with its leaves' shardings (default: split over the model axis).
         step: the step to restore; None: the latest.
+        partial: ``like`` may hold only some of the saved leaves (matched by path, e.g.
+            ``{"params": params}`` of a saved ``{"params", "opt_state", ...}``); the others are not read.
 
     Returns:
         a pytree of ``like``'s structure: jax arrays where ``like`` has jax arrays or shardings,
@@ -359,17 +371,28 @@ def restore_tree(directory: str | os.PathLike, model: Model, like, *, step: int 
                 f"fingerprint {meta['fingerprint'][:12]}); this model's has sizes {network.sizes}, "
                 f"nnz {network.nnz}, fingerprint {network.fingerprint()[:12]}")
         flat, infos = _flatten(like), meta["leaves"]
-        _check_structure(path, [info["path"] for info in infos], [p for p, _ in flat])
+        if partial:
+            by_path = {info["path"]: (i, info) for i, info in enumerate(infos)}
+            missing = [p for p, _ in flat if p not in by_path]
+            if missing:
+                raise ValueError(f"{path}: like has leaves the checkpoint does not: {missing[:5]}"
+                                 f"{' ...' if len(missing) > 5 else ''} (saved: {list(by_path)[:5]} ...)")
+            chosen = [by_path[p] for p, _ in flat]
+        else:
+            _check_structure(path, [info["path"] for info in infos], [p for p, _ in flat])
+            chosen = list(enumerate(infos))
         target = {}
-        for i, (info, (p, x)) in enumerate(zip(infos, flat)):
+        for (i, info), (p, x) in zip(chosen, flat):
             if (t := _target(info, x, f"{path}: leaf {p or '(root)'}", meta)) is not None:
                 target[str(i)] = t
             if info["kind"] == "sparse":
                 _check_layout(str(path), p, x, model)
-        stored = _read(mngr, directory, step, state=ocp.args.StandardRestore(target))[2]["state"] if target else {}
+        how = (ocp.args.PyTreeRestore(target, partial_restore=True) if partial  # to the host; placed below
+               else ocp.args.StandardRestore(target))
+        stored = _read(mngr, directory, step, state=how)[2]["state"] if target else {}
     by_model, layers = NamedSharding(model.mesh, Spec(MODEL_AXIS)), _layer_keys(model)
     out = []
-    for i, (info, (_, x)) in enumerate(zip(infos, flat)):
+    for (i, info), (_, x) in zip(chosen, flat):
         kind, a = info["kind"], stored.get(str(i))
         if kind == "python":
             out.append(info["value"])

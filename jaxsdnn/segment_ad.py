@@ -3,7 +3,7 @@
 The network's layers are the segments of :mod:`jaxsdnn.stacking`; here they run as *pieces*: a
 piece is a static range of one segment's layers, a ``lax.scan`` over the stacked tables, so the
 program has one loop body per piece whatever the depth. Pieces end where a caller wants a layer's
-output (captured activations) and before a linear last layer.
+output (captured activations), before a linear last layer and after the first layer.
 
 Forward: each layer exchanges (``ppermute`` rounds of the segment's schedule), multiplies its
 buckets and applies the ReLU; with ``keep`` the scan also returns every layer's extended input
@@ -12,7 +12,9 @@ buckets and applies the ReLU; with ``keep`` the scan also returns every layer's 
 :class:`jaxsdnn.stacking.TransposedTables` (gathers for ungrouped buckets, one batched GEMM and a
 fold for grouped ones) and the transposed exchange: each received row's partial sum goes back to
 its owner, which adds it into the row it sent. The ReLU's derivative is read off the layer's
-output's pre-activation, kept by the forward as a bool mask: 0 at ties (``z == 0``, ``z == cap``).
+output ``y = clip(z, 0, cap)`` (the own rows of the next layer's extended input, carried by the
+reversed scan): 1 where ``0 < y < cap``, so 0 at the ties ``z == 0`` and ``z == cap``, exactly
+as ``jax.nn.relu``. Nothing but the extended inputs is kept.
 
 Arrays (device axis removed): activations ``[n_rows, batch]``; a segment's params
 ``{"w": per bucket [S, rows_b, width_b], "b": [S, n_rows]}``.
@@ -30,7 +32,7 @@ from jaxsdnn.segments import pad_to
 from jaxsdnn.sharded import MODEL_AXIS, _exchange
 from jaxsdnn.stacking import Segment
 
-__all__ = ["Piece", "pieces", "piece_forward", "piece_backward"]
+__all__ = ["UNROLL_LAYERS", "Piece", "pieces", "piece_forward", "piece_backward"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,9 +53,10 @@ class Piece:
 
 
 def pieces(segments: tuple[Segment, ...], linear_last: bool, capture: tuple[int, ...] = ()) -> tuple[Piece, ...]:
-    """Splits the segments at the captured layers and before a linear last layer."""
+    """Splits the segments at the captured layers, before a linear last layer and after the first
+    layer (whose input cotangent is often not wanted: see :func:`piece_backward`)."""
     L = segments[-1].stop
-    cuts = set(capture) | ({L - 1} if linear_last else set())
+    cuts = set(capture) | {1} | ({L - 1} if linear_last else set())
     out = []
     for s, seg in enumerate(segments):
         i0 = 0
@@ -62,6 +65,17 @@ def pieces(segments: tuple[Segment, ...], linear_last: bool, capture: tuple[int,
                 out.append(Piece(s, i0, k - seg.start, linear_last and k == L, k))
                 i0 = k - seg.start
     return tuple(out)
+
+
+UNROLL_LAYERS = 8
+"""Pieces of at most this many layers run unrolled: on short pieces the loop's per-iteration cost
+(carried buffers, dynamic slices of the stacked tables) outweighs the compile time it saves
+(digits RadiX-Net, 7 layers, 4 devices: a step through ``apply`` took 1.45x the built-in fused
+step as loops, 1.2x unrolled)."""
+
+
+def _unroll(piece: Piece):
+    return True if piece.i1 - piece.i0 <= UNROLL_LAYERS else 1
 
 
 def _layer(x, t, w, b, *, rounds, cap, linear, exchange_dtype=None):
@@ -85,10 +99,11 @@ def piece_forward(x, params, tables, row_ids, piece: Piece, seg: Segment, *, cap
         row_ids: ``[S, n_rows]`` int32 global neuron of each output row, -1 for padding (counts).
 
     Returns:
-        ``(y, residuals, nnz)``: the piece's output; with ``keep``, ``(xexts, masks)``: the
-        ``[len, n_ext, batch]`` extended inputs and ``[len, n_rows, batch]`` bool ReLU
-        derivatives (None otherwise); ``[len, batch]`` int32 nonzero outputs per layer and
-        sample summed over the model axis (None without ``count``).
+        ``(y, residuals, nnz)``: the piece's output; with ``keep``, ``(xexts, y)``: the
+        ``[len, n_ext, batch]`` extended inputs and the output again (None for a linear piece;
+        the ReLU's derivative at layer ``i`` is read off its output, the own rows of layer
+        ``i + 1``'s extended input), None without ``keep``; ``[len, batch]`` int32 nonzero
+        outputs per layer and sample summed over the model axis (None without ``count``).
     """
     sl = (_slice(tables, piece.i0, piece.i1), _slice(params["w"], piece.i0, piece.i1),
           params["b"][piece.i0 : piece.i1], row_ids[piece.i0 : piece.i1])
@@ -98,11 +113,10 @@ def piece_forward(x, params, tables, row_ids, piece: Piece, seg: Segment, *, cap
         xext, z, y = _layer(x, t, w, b, rounds=seg.rounds, cap=cap, linear=piece.linear, exchange_dtype=exchange_dtype)
         nnz = jax.lax.psum(jnp.sum((y != 0) & (ids >= 0)[:, None], axis=0, dtype=jnp.int32), MODEL_AXIS) if count \
             else None
-        res = (xext, None if piece.linear else kernels.activation_mask(z, cap, bool)) if keep else None
-        return y, (res, nnz)
+        return y, (xext if keep else None, nnz)
 
-    y, (res, nnz) = jax.lax.scan(body, x, sl)
-    return y, res, nnz
+    y, (xexts, nnz) = jax.lax.scan(body, x, sl, unroll=_unroll(piece))
+    return y, ((xexts, None if piece.linear else y) if keep else None), nnz
 
 
 def _transposed(dz, w, tt, t):
@@ -131,6 +145,10 @@ def _return_partials(dxext, n_rows, back, sends, rounds):
     them into the rows they sent (``back``: :attr:`~jaxsdnn.stacking.TransposedTables.back`)."""
     if not rounds:
         return dxext[:n_rows]
+    # Materialise the transposed product once: without the barrier XLA fuses its fold into every
+    # slice below, recomputing it per round (the backward's exchange then cost 1.4x the whole
+    # forward pass: challenge network, 24 layers, 4 devices).
+    dxext = jax.lax.optimization_barrier(dxext)
     returned, off = [], n_rows
     for send, pairs in zip(sends, rounds):
         m = send.shape[0]
@@ -150,28 +168,49 @@ def _weight_grads(dz, xext, t):
     return tuple(out)
 
 
-def piece_backward(dy, res, params, tables, ttables, piece: Piece, seg: Segment):
+def piece_backward(dy, res, params, tables, ttables, piece: Piece, seg: Segment, *, cap, want_dx: bool = True):
     """The reverse of :func:`piece_forward`.
 
     Args:
         dy: ``[n_rows, batch]`` cotangent of the piece's output.
-        res: the forward's residuals ``(xexts, masks)`` (``masks`` None for a linear piece).
+        res: the forward's residuals ``(xexts, y)`` (``y`` None for a linear piece).
+        cap: the ReLU's cap (None: plain ReLU).
         ttables: the segment's :class:`~jaxsdnn.stacking.TransposedTables` (``[S, ...]``).
+        want_dx: False skips the cotangent of the piece's input (the network's first layer when
+            the input is not differentiated): its transposed product and return exchange. The
+            first layer is a piece of its own, so this slices no residuals.
 
     Returns:
-        ``(dx, gw, gb)``: the cotangent of the piece's input, per bucket ``[len, rows_b, width_b]``
-        weight gradients and ``[len, n_rows]`` bias gradients (summed over the local batch).
+        ``(dx, gw, gb)``: the cotangent of the piece's input (None without ``want_dx``), per bucket
+        ``[len, rows_b, width_b]`` weight gradients and ``[len, n_rows]`` bias gradients (summed
+        over the local batch).
     """
-    xexts, masks = res
+    xexts, y_out = res
     sl = (_slice(tables, piece.i0, piece.i1), _slice(ttables, piece.i0, piece.i1),
-          _slice(params["w"], piece.i0, piece.i1), xexts, masks)
+          _slice(params["w"], piece.i0, piece.i1), xexts)
+    n = seg.n_rows
 
-    def body(dx, layer):
-        t, tt, w, xext, mask = layer
-        dz = dx if mask is None else jnp.where(mask, dx, 0)
-        gw, gb = _weight_grads(dz, xext, t), jnp.sum(dz, axis=1)
-        dx = _return_partials(_transposed(dz, w, tt, t), seg.n_rows, tt.back, t.send, seg.rounds)
-        return dx, (gw, gb)
+    def grads(dx, y, layer):
+        """``y``: the layer's output (None: linear); returns ``dz`` and the layer's gradients."""
+        t, tt, w, xext = layer
+        dz = dx if y is None else jnp.where(kernels.activation_mask(y, cap, bool), dx, 0)
+        return dz, (_weight_grads(dz, xext, t), jnp.sum(dz, axis=1))
 
-    dx, (gw, gb) = jax.lax.scan(body, dy, sl, reverse=True)
-    return dx, gw, gb
+    def body(carry, layer):  # carry: the cotangent and the output of this layer
+        dx, y = carry
+        dz, g = grads(dx, y, layer)
+        t, tt, w, xext = layer
+        dx = _return_partials(_transposed(dz, w, tt, t), n, tt.back, t.send, seg.rounds)
+        return (dx, None if y is None else xext[:n]), g  # the own rows of its input: the layer before's output
+
+    if want_dx:
+        (dx, _), (gw, gb) = jax.lax.scan(body, (dy, y_out), sl, reverse=True, unroll=_unroll(piece))
+        return dx, gw, gb
+    dx, y = dy, y_out
+    if piece.i1 - piece.i0 > 1:
+        (dx, y), (gw, gb) = jax.lax.scan(body, (dy, y_out), _slice(sl, 1, None), reverse=True, unroll=_unroll(piece))
+    _, (gw0, gb0) = grads(dx, y, jax.tree.map(lambda a: a[0], sl))
+    if piece.i1 - piece.i0 == 1:
+        return None, tuple(a[None] for a in gw0), gb0[None]
+    return None, tuple(jnp.concatenate([a[None], b], axis=0) for a, b in zip(gw0, gw)), \
+        jnp.concatenate([gb0[None], gb], axis=0)

@@ -12,8 +12,10 @@ grouping into segments, pads them to one shape and gives each segment one exchan
 * exchange: the segment's rounds are :func:`jaxsdnn.plan.schedule_rounds` of the element-wise
   largest ``[P, P]`` volume of its layers, each round's message as long as its largest pair needs
   in any layer; a layer sends its own entries and sentinel padding in the rest. A segment is
-  only extended while the padding this adds stays within ``max_padding`` (5 %) of its layers'
-  edges (on one device there is no exchange and one segment holds every layer of one shape);
+  only extended while the padding this adds stays within ``max_padding`` of its layers' edges
+  (5 % for networks deeper than :data:`SHALLOW_LAYERS`; none for shallower ones, where the
+  extra rounds cost more than the few compiled bodies they save; on one device there is no
+  exchange and one segment holds every layer of one shape);
 * grouping: a bucket runs grouped (a batched GEMM) only where every layer of the segment has it
   grouped; runs of fewer than :data:`MIN_GROUPED_RUN` grouped layers run ungrouped.
 
@@ -34,8 +36,15 @@ import numpy as np
 
 from jaxsdnn.plan import Plan, schedule_rounds
 
-__all__ = ["Segment", "StackedPlan", "StackedTables", "TransposedTables", "stack_plan", "stack_values",
+__all__ = ["DEEP_MAX_PADDING", "SHALLOW_LAYERS", "Segment", "StackedPlan", "StackedTables", "TransposedTables", "stack_plan", "stack_values",
            "transposed_tables", "unstack_values"]
+
+
+SHALLOW_LAYERS = 16
+"""Networks of at most this many layers stack only layers whose schedules agree (no padding)."""
+
+DEEP_MAX_PADDING = 0.05
+"""The default ``max_padding`` of deeper networks."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,18 +186,21 @@ def _piece_rows(plan: Plan, k: int) -> np.ndarray:
                     dtype=np.int64)
 
 
-def stack_plan(plan: Plan, max_padding: float = 0.05) -> StackedPlan:
+def stack_plan(plan: Plan, max_padding: float | None = None) -> StackedPlan:
     """Stacks ``plan``'s layers into segments (see the module docstring).
 
     Args:
         plan: the plan.
         max_padding: a segment grows while the padding its shared schedule adds (entries moved
             beyond what its layers' own schedules move) stays within this fraction of its edges
-            (>= 0; larger: fewer segments, so less compilation, and more bytes moved).
+            (>= 0; larger: fewer segments, so less compilation, and more bytes moved). None: 0
+            for networks of at most :data:`SHALLOW_LAYERS` layers, else :data:`DEEP_MAX_PADDING`.
 
     Returns:
         the :class:`StackedPlan`.
     """
+    if max_padding is None:
+        max_padding = 0.0 if plan.num_layers <= SHALLOW_LAYERS else DEEP_MAX_PADDING
     if not max_padding >= 0:
         raise ValueError(f"max_padding must be >= 0, got {max_padding}")
     P = plan.num_parts

@@ -8,13 +8,16 @@
                             every ``log_every`` steps ("loss" is the mean over those steps),
                             {"event": "compiled", "seconds"} once per call, {"step", "epoch",
                             "eval_accuracy", "eval_set"} after every epoch
-        checkpoints/        step_*.npz (:mod:`jaxsdnn.checkpoint`)
+        checkpoints/        one orbax step directory per checkpoint, ``checkpoints/<step>``
+                            (:func:`jaxsdnn.pytree_checkpoint.save_tree`)
         summary.json        what :func:`train` returns
 
 Reproducibility: the batches of epoch ``e`` are a permutation drawn from ``(train.seed, e)``
 (:func:`jaxsdnn.data.batches`, last partial batch dropped), the model from ``network.seed``, and a
 checkpoint holds the exact float32 weights, optimizer state, step, epoch and position in the
-epoch. A run resumed from a checkpoint therefore produces the same losses as an uninterrupted one
+epoch (``{"params", "opt_state", "rng"}`` through :func:`~jaxsdnn.pytree_checkpoint.save_tree`, the
+loop counters and the configuration in its metadata: the same calls a user's own loop makes). A
+run resumed from a checkpoint therefore produces the same losses as an uninterrupted one
 (same devices and mesh; a different data-parallel size reorders float sums). ``resume=True`` needs a
 checkpoint, refuses a configuration whose ``data`` / ``network`` / optimizer / batch / seed /
 partition method, epsilon and seed (and, with a cosine schedule, epochs and warm-up) differ from the
@@ -58,12 +61,14 @@ from jaxsdnn import forward
 from jaxsdnn import losses as losses_lib
 from jaxsdnn import models
 from jaxsdnn import plan as plan_lib
-from jaxsdnn import sharded, stacking
+from jaxsdnn import pytree_checkpoint as pck
+from jaxsdnn import sharded
 from jaxsdnn.engine import to_host
 from jaxsdnn._atomic import atomic_write
 from jaxsdnn.config import Config, config_to_dict, load_config, save_config
+from jaxsdnn.network import SparseNetwork
 
-__all__ = ["block_parts", "load_data", "make_optimizer", "make_step", "partition_parts", "train"]
+__all__ = ["block_parts", "load_data", "make_optimizer", "make_step", "partition_parts", "train", "trained_network"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 """Relative data/network paths that do not exist under the cwd are looked up here."""
@@ -169,13 +174,6 @@ def _shardings(model: forward.Model, params, opt_state):
         is_leaf=ckpt_lib._is_params_like,
     )
     return p_sh, o_sh, replicated
-
-
-def _plan_layout(model: forward.Model, tree):
-    """Every (host) :class:`~jaxsdnn.forward.SparseParams` node of ``tree`` in the plan's per-layer layout."""
-    splan = model.schedule.splan
-    return jax.tree.map(lambda n: stacking.unstack_values(splan, n) if isinstance(n, forward.SparseParams) else n,
-                        tree, is_leaf=lambda n: isinstance(n, forward.SparseParams))
 
 
 def make_step(opt: optax.GradientTransformation, loss=None):
@@ -322,19 +320,25 @@ class _RunLock:
             self.fd = None
 
 
-def _check_resume_checkpoint(ck, config: Config) -> None:
-    """The checkpoint records the configuration it was written with: the fixed keys must match,
-    also when ``config.yaml`` is missing."""
-    saved = ck.extra.get("config")
-    now = _flat(config_to_dict(config))
-    if saved is None:  # written before configurations were recorded: the data order at least
-        if ck.data_seed != config.train.seed:
-            raise ValueError(f"{ck.path}: written with train.seed {ck.data_seed}, cannot resume with {config.train.seed}")
-        return
+def _check_resume_checkpoint(path, saved: dict, config: Config) -> None:
+    """The checkpoint records the configuration it was written with (``saved``, flat): the fixed
+    keys must match, also when ``config.yaml`` is missing."""
+    now = json.loads(json.dumps(_flat(config_to_dict(config))))  # as stored: tuples are lists
     diff = [k for k in now if k.startswith(_FIXED_ON_RESUME) and k in saved and saved[k] != now[k]]
     if diff:
         details = ", ".join(f"{k}: {saved[k]!r} -> {now[k]!r}" for k in diff)
-        raise ValueError(f"{ck.path}: cannot resume with a different {details}")
+        raise ValueError(f"{path}: cannot resume with a different {details}")
+
+
+def _latest_step(ckpt_dir: Path) -> int | None:
+    """The newest checkpoint step in ``ckpt_dir``; refuses checkpoints of the earlier ``.npz``
+    format (this version writes and reads orbax step directories only)."""
+    old = ckpt_lib.list_checkpoints(ckpt_dir)
+    latest = pck.latest_step(ckpt_dir)
+    if old and latest is None:
+        raise ValueError(f"{old[-1]}: a checkpoint of the earlier .npz format, which train() no longer resumes; "
+                         "start a new run directory (jaxsdnn.checkpoint.load_checkpoint still reads the file)")
+    return latest
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -377,6 +381,29 @@ class _Progress:
 # ----------------------------------------------------------------------------------------------
 # train
 # ----------------------------------------------------------------------------------------------
+def trained_network(run_dir, step: int | None = None, devices=None) -> SparseNetwork:
+    """The network of a :func:`train` run with the weights of its checkpoint (step None: the
+    latest), e.g. for :func:`jaxsdnn.engine.run_inference` or :func:`jaxsdnn.io.write_network`.
+
+    Reads ``run_dir/config.yaml`` (the network's structure) and only the ``params`` of the
+    checkpoint, laid out on ``devices`` (default: the first ``num_parts`` devices) as saved.
+
+    Raises:
+        ValueError: no configuration or checkpoint there, or a checkpoint of another network.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise ValueError(f"{run_dir}: no config.yaml there (not a train() run directory)")
+    config = load_config(run_dir / "config.yaml")
+    ck = pck.checkpoint_metadata(run_dir / "checkpoints", step)
+    train_ds, _, _ = load_data(config.data)
+    network = models.build_model(config.network, train_ds.features, train_ds.num_classes, base_dir=REPO_ROOT)
+    mesh = sharded.make_mesh(ck["num_parts"], 1, devices=devices)
+    model, params = forward.shard_model(network, ck["parts"], mesh)
+    got = pck.restore_tree(run_dir / "checkpoints", model, {"params": params}, step=ck["step"], partial=True)
+    return forward.to_network(model, got["params"])
+
+
 def train(config, run_dir, *, resume: bool = False, devices=None, data_parallel: int | None = None,
           method: str | None = None, progress: bool = True, model_parallel: int | None = None, loss=None,
           optimizer: optax.GradientTransformation | None = None) -> dict:
@@ -452,13 +479,13 @@ def _train(config, run_dir: Path, t_start: float, writer: bool, *, resume, devic
     if writer:
         _check_writable(run_dir)
     ckpt_dir = run_dir / "checkpoints"
-    latest = ckpt_lib.latest_checkpoint(ckpt_dir)
+    latest = _latest_step(ckpt_dir)
     if resume:
         if latest is None:
             raise ValueError(f"{ckpt_dir}: no checkpoint to resume from")
         _check_resume_config(run_dir / "config.yaml", config)
     elif latest is not None:
-        raise ValueError(f"{run_dir}: already holds checkpoints ({latest.name}); resume it or use a new run directory")
+        raise ValueError(f"{run_dir}: already holds checkpoints (step {latest}); resume it or use a new run directory")
     available = len(device_pool) if device_pool is not None else jax.device_count()
     if P * D > available:
         raise ValueError(
@@ -475,12 +502,19 @@ def _train(config, run_dir: Path, t_start: float, writer: bool, *, resume, devic
     total_steps = tc.epochs * spe
     ck = None
     if resume:
-        ck = ckpt_lib.load_checkpoint(latest, network)
-        _check_resume_checkpoint(ck, config)
-        if ck.num_parts != P:
-            raise ValueError(f"{latest}: written with {ck.num_parts} model-axis devices, this run asks for devices={P}")
-        parts = list(ck.parts)
-        network = ck.network
+        ck = pck.checkpoint_metadata(ckpt_dir, latest)
+        loop = ck["metadata"]
+        if not {"epoch", "position", "config"} <= set(loop):
+            raise ValueError(f"{ck['path']}: not a checkpoint of train() (its metadata has no loop state); "
+                             "restore it with jaxsdnn.pytree_checkpoint.restore_tree")
+        _check_resume_checkpoint(ck["path"], loop["config"], config)
+        if ck["fingerprint"] != network.fingerprint():
+            raise ValueError(f"{ck['path']}: saved for another network (sizes {tuple(ck['sizes'])}); this configuration "
+                             f"builds sizes {network.sizes}")
+        if ck["num_parts"] != P:
+            raise ValueError(f"{ck['path']}: written with {ck['num_parts']} model-axis devices, this run asks for "
+                             f"devices={P}")
+        parts = list(ck["parts"])
     else:
         parts = partition_parts(network, P, part_cfg.method, part_cfg.epsilon, part_cfg.seed, part_cfg.threads)
     plan = plan_lib.build_plan(network, parts)
@@ -491,18 +525,16 @@ def _train(config, run_dir: Path, t_start: float, writer: bool, *, resume, devic
     opt, schedule = make_optimizer(tc, total_steps) if optimizer is None else (optimizer, None)
     template = opt.init(jax.device_get(params))
     _, o_sh, _ = _shardings(model, params, template)
+    opt_state = jax.device_put(template, o_sh)
+    rng = np.asarray(jax.random.key_data(jax.random.PRNGKey(tc.seed)), dtype=np.uint32)
     if ck is not None:
-        opt_state = ckpt_lib.restore_opt_state(ck, plan, template,
-                                               layout=lambda net: forward._host_params(model, net))
-        step, epoch, position = ck.step, ck.epoch, ck.position
-        rng = ck.rng
-        last_loss = ck.extra.get("loss")
+        got = pck.restore_tree(ckpt_dir, model, {"params": params, "opt_state": opt_state, "rng": rng}, step=ck["step"])
+        params, opt_state, rng = got["params"], got["opt_state"], got["rng"]
+        step, epoch, position = ck["step"], loop["epoch"], loop["position"]
+        last_loss = loop.get("loss")
     else:
-        opt_state = template
         step, epoch, position = 0, 0, 0
-        rng = np.asarray(jax.random.key_data(jax.random.PRNGKey(tc.seed)), dtype=np.uint32)
         last_loss = None
-    opt_state = jax.device_put(opt_state, o_sh)
     opt_key = _optimizer_key(tc, total_steps) if optimizer is None else ("user", id(optimizer))
     step_fn = _step_fn(model, params, tc.batch_size, opt, opt_key, template, loss)
     x_all = np.asarray(train_ds.images, np.float32)
@@ -521,21 +553,16 @@ def _train(config, run_dir: Path, t_start: float, writer: bool, *, resume, devic
             metrics.write(json.dumps(_json_ready(record), allow_nan=False) + "\n")
             metrics.flush()
 
-    def save(host) -> Path | None:  # host: gather_to_host((params, opt_state)), which every process joins
-        if not writer:
-            return None
-        host = _plan_layout(model, host)  # the checkpoint format stores the plan's layout (in CSR order)
-        return ckpt_lib.save_checkpoint(
-            ckpt_dir, step=step, network=network, plan=plan, params=host[0], opt_state=host[1], parts=parts,
-            epoch=epoch, position=position, data_seed=tc.seed, rng=rng,
-            extra={"loss": last_loss, "total_steps": total_steps, "config": _flat(config_to_dict(config))},
-            keep=tc.keep_checkpoints,
-        )
+    def save() -> Path:  # a collective: every process saves (orbax writes from the primary host)
+        loop = {"epoch": epoch, "position": position, "data_seed": tc.seed, "loss": last_loss,
+                "total_steps": total_steps, "config": _flat(config_to_dict(config))}
+        return pck.save_tree(ckpt_dir, {"params": params, "opt_state": opt_state, "rng": rng}, model, step=step,
+                             metadata=_json_ready(loop), keep=tc.keep_checkpoints)
 
     bar = _Progress(progress and writer)
     stop_at = total_steps if tc.max_steps is None else min(total_steps, tc.max_steps)
     resumed_from = step if ck is not None else None
-    saved_step, last_ckpt = (step, latest) if ck is not None else (-1, None)
+    saved_step, last_ckpt = (step, ck["path"]) if ck is not None else (-1, None)
     compile_s, window_losses, window_t, window_n = None, [], time.perf_counter(), 0
     run_samples, run_t = 0, 0.0
 
@@ -555,14 +582,13 @@ def _train(config, run_dir: Path, t_start: float, writer: bool, *, resume, devic
 
     def checked_save() -> Path | None:
         finite_losses()
-        host = ckpt_lib.gather_to_host((params, opt_state))
-        leaves = jax.tree.leaves(host[0])
+        leaves = jax.tree.leaves(ckpt_lib.gather_to_host(params))
         if not all(np.all(np.isfinite(x)) for x in leaves):
             raise Diverged(
                 f"train: the weights are not finite after step {step} (the run diverged; a lower train.lr?); "
                 f"not saved; the last good checkpoint is {last_ckpt if last_ckpt is not None else 'none'}"
             )
-        return save(host)
+        return save()
 
     interrupted = []
 

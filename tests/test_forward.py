@@ -102,6 +102,46 @@ def test_outputs_and_gradients_of_three_losses_match_dense_jax(net, model_axis, 
         _assert_grads_match(net, model, gp, gw, gb)
 
 
+@pytest.mark.parametrize("model_axis,method,unroll,max_padding",
+                         [(3, "kahypar", 0, 0.2), (2, "random", 0, 0.0), (3, "kahypar", None, None)])
+def test_loops_unrolled_pieces_and_padded_schedules_match_dense_jax(model_axis, method, unroll, max_padding,
+                                                                     monkeypatch):
+    """The same gradients whether a segment's layers run as a ``lax.scan`` or unrolled, and
+    whatever exchange padding the stacking adds (the defaults: shallow networks unrolled, unpadded)."""
+    from jaxsdnn import forward, segment_ad
+    from jaxsdnn.radixnet import radixnet
+
+    rng = np.random.default_rng(model_axis)
+    net = radixnet(64, 6, seed=3, bias=0.0, cap=CAP)  # six layers of one shape (grouped buckets)
+    net = net.with_values([rng.standard_normal(w.nnz) / 4 for w in net.weights],
+                          [0.1 * rng.standard_normal(n) for n in net.sizes[1:]])
+    if unroll is not None:
+        monkeypatch.setattr(segment_ad, "UNROLL_LAYERS", unroll)
+    forward._core.cache_clear()  # programs traced under another UNROLL_LAYERS
+    try:
+        parts = partition_network(net, model_axis, method=method, seed=1)
+        model, params = jaxsdnn.shard_model(net, parts, jaxsdnn.make_mesh(model_axis, 1), max_padding=max_padding)
+        if max_padding:  # some layers share a padded schedule
+            assert max(s.num_layers for s in model.schedule.segments) >= 2
+        rng = np.random.default_rng(model_axis)
+        x = rng.random((BATCH, net.sizes[0]), dtype=np.float32)
+        labels = rng.integers(0, net.sizes[-1], BATCH)
+        ws, bs = dense_values(net)
+        loss = LOSSES["mse"]
+        value, (gp, gx) = jax.jit(jax.value_and_grad(
+            lambda m, p, x: loss(jaxsdnn.apply(m, p, x), labels, p), argnums=(1, 2)))(model, params, x)
+        ref_value, (gw, gb, rgx) = jax.value_and_grad(
+            lambda w, b, x: loss(dense_apply(w, b, x), labels, None), argnums=(0, 1, 2))(ws, bs, jnp.asarray(x))
+        _close(value, ref_value)
+        _close(gx, rgx)
+        _assert_grads_match(net, model, gp, gw, gb)
+        # only the weights: the first layer's input cotangent is skipped, the weights' are unchanged
+        gp2 = jax.jit(jax.grad(lambda m, p: loss(jaxsdnn.apply(m, p, x), labels, p), argnums=1))(model, params)
+        _assert_grads_match(net, model, gp2, gw, gb)
+    finally:
+        forward._core.cache_clear()
+
+
 def test_cross_entropy_through_apply_equals_the_fused_builtin(net):
     """The built-in fused loss head and losses.softmax_cross_entropy on apply give the same gradients."""
     from jaxsdnn import plan as plan_lib

@@ -18,7 +18,8 @@ from jax.sharding import PartitionSpec as Spec
 import jaxsdnn
 from jaxsdnn import losses
 from jaxsdnn.forward import SparseParams, to_network
-from jaxsdnn.pytree_checkpoint import checkpoint_metadata, latest_step, model_partition, restore_tree, save_tree
+from jaxsdnn.pytree_checkpoint import (checkpoint_metadata, latest_step, model_partition, restore_tree, save_tree,
+                                       saved_steps)
 
 SIZES = [14, 12, 10, 6]
 HEAD = 4  # classes of the dense head after the sparse network
@@ -147,6 +148,23 @@ def test_hybrid_tree_round_trip_same_model(tmp_path, m4):
         np.testing.assert_array_equal(c, b)
     kinds = {leaf["path"]: leaf["kind"] for leaf in meta["leaves"]}
     assert kinds["[0]"] == "sparse" and kinds["[2]['head']['w']"] == "array" and kinds["[3]['step']"] == "python"
+
+
+def test_partial_restore_reads_only_the_leaves_asked_for(tmp_path, m4, m2):
+    model, params, _ = m4
+    tree = _hybrid(model, params)
+    save_tree(tmp_path, tree, model, step=0)
+    save_tree(tmp_path, tree, model, step=5)
+    assert saved_steps(tmp_path) == [0, 5] and latest_step(tmp_path) == 5 and saved_steps(tmp_path / "none") == []
+    (tmp_path / "7.orbax-checkpoint-tmp-123").mkdir()  # an unfinished save is not a step
+    assert saved_steps(tmp_path) == [0, 5] and latest_step(tmp_path) == 5
+    model2, params2, _ = m2  # into another partition, the sparse params alone
+    (got,) = restore_tree(tmp_path, model2, (_fresh(model2, params2)[0],), partial=True)
+    _assert_same_network(to_network(model2, got), to_network(model, tree[0]))
+    with pytest.raises(ValueError, match=r"like has leaves the checkpoint does not: \['\[1\]'\]"):
+        restore_tree(tmp_path, model, (params, 0), partial=True)
+    with pytest.raises(ValueError, match="tree structure differs"):  # without partial: the whole tree
+        restore_tree(tmp_path, model, (params,))
 
 
 @pytest.mark.parametrize("target", ["m2", "m22"])

@@ -414,18 +414,17 @@ def test_learning_rate_must_be_finite(value, tmp_path, capsys, cfg_file):
 
 
 def test_diverging_run_stops_at_the_first_non_finite_loss(tmp_path):
-    from jaxsdnn import checkpoint as ck
     from jaxsdnn.config import load_config
-    from jaxsdnn.train import Diverged, train
+    from jaxsdnn.train import Diverged, train, trained_network
 
     cfg = load_config(None, TINY_TRAIN + ["train.optimizer=sgd", "train.lr=1e30", "train.momentum=0",
                                           "train.checkpoint_every=1"])
     with pytest.raises(Diverged, match=r"the loss is (nan|inf) at step \d+") as e:
         train(cfg, tmp_path / "r", progress=False)
     assert "the last good checkpoint is" in str(e.value)
-    for path in ck.list_checkpoints(tmp_path / "r" / "checkpoints"):
-        c = ck.load_checkpoint(path)  # every checkpoint written is finite and loadable
-        assert all(np.all(np.isfinite(w.data)) for w in c.network.weights)
+    for step in (tmp_path / "r" / "checkpoints").iterdir():  # every checkpoint written is finite and loadable
+        net = trained_network(tmp_path / "r", step=int(step.name))
+        assert all(np.all(np.isfinite(w.data)) for w in net.weights)
     for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines():
         _strict_json(line)
 
@@ -469,7 +468,7 @@ def test_resume_without_config_yaml_checks_the_checkpoint(tmp_path):
 
 @pytest.mark.slow
 def test_ctrl_c_ends_in_one_line_with_a_usable_checkpoint(tmp_path):
-    from jaxsdnn import checkpoint as ck
+    from jaxsdnn import pytree_checkpoint as pck
 
     run_dir = tmp_path / "r"
     cfg = tmp_path / "defaults.yaml"
@@ -488,9 +487,8 @@ def test_ctrl_c_ends_in_one_line_with_a_usable_checkpoint(tmp_path):
     assert p.returncode == 130, err[-2000:]
     last = err.replace("\r", "\n").strip().splitlines()[-1]
     assert "Traceback" not in err and last.startswith("jaxsdnn train: interrupted at step")
-    path = ck.latest_checkpoint(run_dir / "checkpoints")
-    assert path is not None and str(path) in last
-    assert ck.load_checkpoint(path).step > 0
+    step = pck.latest_step(run_dir / "checkpoints")
+    assert step is not None and step > 0 and str(run_dir / "checkpoints" / str(step)) in last
 
 
 # ----------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import jax
@@ -10,11 +11,11 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from jaxsdnn import checkpoint as ck
 from jaxsdnn import models
+from jaxsdnn import pytree_checkpoint as pck
 from jaxsdnn.config import load_config
 from jaxsdnn.radixnet import radixnet
-from jaxsdnn.train import train
+from jaxsdnn.train import train, trained_network
 
 # A tiny digits model: 64 -> 32 -> 32 (RadiX-Net, 8 copies x 4) -> 10 on 2 model devices.
 TINY = [
@@ -121,10 +122,11 @@ def test_train_lowers_loss_and_writes_checkpoint(tmp_path, capsys):
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 45
     err = capsys.readouterr().err
     assert "\r" in err and "samples/s" in err and "loss" in err
-    c = ck.load_checkpoint(summary["checkpoint"])
-    assert c.step == 45 and c.epoch == 1 and c.position == 1 and c.num_parts == 2
-    assert [p.name for p in ck.list_checkpoints(tmp_path / "run" / "checkpoints")] == [
-        "step_000000020.npz", "step_000000040.npz", "step_000000045.npz"]
+    c = pck.checkpoint_metadata(tmp_path / "run" / "checkpoints")
+    assert str(c["path"]) == summary["checkpoint"] and c["step"] == 45 and c["num_parts"] == 2
+    assert c["metadata"]["epoch"] == 1 and c["metadata"]["position"] == 1
+    assert {leaf["path"] for leaf in c["leaves"]} >= {"['params']", "['rng']"}
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["20", "40", "45"]  # keep 3
 
 
 def test_adamw_with_clipping_from_the_config(tmp_path):
@@ -153,16 +155,17 @@ def test_resume_reproduces_uninterrupted_losses(tmp_path):
     assert full["steps"] == 88  # 2 epochs of 1438 // 32 = 44 batches
     # "crash" after step 50: the last checkpoint is step 40 (checkpoint_every=20), steps 41..50 are lost
     train(load_config(None, TINY + ["train.max_steps=50"]), tmp_path / "cut", progress=False)
-    (tmp_path / "cut" / "checkpoints" / "step_000000050.npz").unlink()
+    shutil.rmtree(tmp_path / "cut" / "checkpoints" / "50")
     resumed = train(cfg, tmp_path / "cut", resume=True, progress=False)
     assert resumed["resumed_from"] == 40 and resumed["steps"] == 88
     a, b = losses(tmp_path / "full"), losses(tmp_path / "cut")
     assert sorted(b) == list(range(1, 89))  # lines after the checkpoint were rewritten, not duplicated
     np.testing.assert_allclose([b[s] for s in range(1, 89)], [a[s] for s in range(1, 89)], rtol=1e-6, atol=0)
-    wa = ck.load_checkpoint(full["checkpoint"]).network
-    wb = ck.load_checkpoint(resumed["checkpoint"]).network
-    for x, y in zip(wa.weights, wb.weights):
-        np.testing.assert_allclose(x.data, y.data, rtol=1e-6, atol=1e-7)
+    wa, wb = trained_network(tmp_path / "full"), trained_network(tmp_path / "cut")
+    for x, y in zip(wa.weights + wa.biases, wb.weights + wb.biases):
+        np.testing.assert_allclose(getattr(x, "data", x), getattr(y, "data", y), rtol=1e-6, atol=1e-7)
+    first = trained_network(tmp_path / "full", step=60)  # an earlier step (of the 3 kept), read back as saved
+    assert any(not np.allclose(x.data, y.data) for x, y in zip(first.weights, wa.weights))
     assert resumed["test_accuracy"] == pytest.approx(full["test_accuracy"])
     # resuming a finished run does nothing but evaluate
     again = train(None, tmp_path / "cut", resume=True, progress=False)
@@ -203,8 +206,10 @@ def test_run_dir_errors(tmp_path, monkeypatch):
         train(cfg, tmp_path / "dp", data_parallel=3, progress=False)
     (tmp_path / "old" / "checkpoints").mkdir(parents=True)
     (tmp_path / "old" / "checkpoints" / "step_000000001.npz").write_bytes(b"")
-    with pytest.raises(ValueError, match="already holds checkpoints"):
+    with pytest.raises(ValueError, match="step_000000001.npz: a checkpoint of the earlier .npz format"):
         train(cfg, tmp_path / "old", progress=False)
+    with pytest.raises(ValueError, match="step_000000001.npz: a checkpoint of the earlier .npz format"):
+        train(cfg, tmp_path / "old", resume=True, progress=False)
 
 
 def test_train_takes_a_user_loss_and_optimizer(tmp_path):
