@@ -145,10 +145,6 @@ def _return_partials(dxext, n_rows, back, sends, rounds):
     them into the rows they sent (``back``: :attr:`~jaxsdnn.stacking.TransposedTables.back`)."""
     if not rounds:
         return dxext[:n_rows]
-    # Materialise the transposed product once: without the barrier XLA fuses its fold into every
-    # slice below, recomputing it per round (the backward's exchange then cost 1.4x the whole
-    # forward pass: challenge network, 24 layers, 4 devices).
-    dxext = jax.lax.optimization_barrier(dxext)
     returned, off = [], n_rows
     for send, pairs in zip(sends, rounds):
         m = send.shape[0]
