@@ -12,7 +12,7 @@ Measured with kahypar 1.3.7 and mtkahypar 1.7 (see ``partition.py`` for the whol
   reproduce); its partition is the same for 1 and 2 threads. It ignores the seed, so the seed
   permutes the vertex order instead. It is 5 to 10x slower than KaHyPar on these layers;
 * the kahypar wheel ships no ``.ini``: :data:`KM1_CONFIG` is KaHyPar's published direct k-way
-  km1 configuration (``km1_kKaHyPar_sea20.ini``, with fewer initial-partitioning runs); a
+  km1 configuration (``km1_kKaHyPar_sea20.ini``, with one initial-partitioning run); a
   missing or misspelled key ends the process (the worker's, see below).
 
 References:
@@ -46,8 +46,11 @@ __all__ = ["KM1_CONFIG", "TOOLS", "ToolError", "partition_unconstrained", "solve
 TOOLS = ("kahypar", "mtkahypar")
 
 # KaHyPar's km1_kKaHyPar_sea20.ini (direct k-way, km1 objective, flow-based refinement) with
-# i-runs=5 initial-partitioning runs instead of 20: measured on the 1024 x 24 and 4096 x 8
-# networks, 2.2 to 2.8x faster for volumes within 0.1 %. seed=-1 is overridden by setSeed.
+# i-runs=1 initial-partitioning run instead of 20: measured on the 1024 x 24 and 4096 x 8
+# networks, 5 runs were 2.2 to 2.8x faster than 20 for volumes within 0.1 %; 1 run against 5
+# (contracted layers, one core): real 1024 x 120 at P = 8, 16, 64 4.8 / 7.8 / 23.8 s against
+# 7.8 / 11.4 / 57.5 s, volumes +0.08 %, -0.02 %, equal; 4096 x 24 at P = 16 6.6 s against 9.7 s,
+# -0.4 %; 16384 x 24 at P = 64 26.3 s against 45.3 s, -0.08 %. seed=-1 is overridden by setSeed.
 KM1_CONFIG = """\
 # general
 mode=direct
@@ -95,7 +98,7 @@ i-c-rating-heavy_node_penalty=no_penalty
 i-c-rating-acceptance-criterion=best_prefer_unmatched
 i-c-fixed-vertex-acceptance-criterion=fixed_vertex_allowed
 i-algo=pool
-i-runs=5
+i-runs=1
 i-bp-algorithm=worst_fit
 i-bp-heuristic-prepacking=false
 i-bp-early-restart=true

@@ -23,7 +23,7 @@ from jaxsdnn.network import SparseNetwork
 
 __all__ = ["CACHE_VERSION", "cache_key", "cached_partition", "default_cache_dir"]
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 """Raised whenever the partitioner may return another partition for the same arguments."""
 
 
