@@ -615,9 +615,10 @@ def partition_network(
     (every device exactly one unit of identical-input neurons per layer), its partition, layer 0
     solved against it, replaces the sweep's if its volume is lower.
 
-    Measured on the 1024 x 120 Graph Challenge network (2 shared cores, ``kahypar``): 0.126 x
-    the random partition's volume at P = 8 (16 to 23 s), 0.077 x at P = 16 (28 to 34 s), 0.0715 x
-    at P = 64 (52 to 58 s; unit chains, against 0.0718 x for the sweep), every layer within 3 %.
+    Measured on the 1024 x 120 Graph Challenge network (``kahypar``, contracted, 2 workers on 2
+    cores): 0.126 x the random partition's volume at P = 8 (3.9 s), 0.077 x at P = 16 (4.6 s),
+    0.0715 x at P = 64 (20.1 s; unit chains, against 0.0718 x for the sweep); generated RadiX-Net
+    16384 x 120 at P = 64 in 89.5 s and 65536 x 120 at P = 256 in 660 s; every layer within 3 %.
 
     Args:
         network: the network; only its structure is read.

@@ -172,9 +172,9 @@ def piece_backward(dy, res, params, tables, ttables, piece: Piece, seg: Segment,
         res: the forward's residuals ``(xexts, y)`` (``y`` None for a linear piece).
         cap: the ReLU's cap (None: plain ReLU).
         ttables: the segment's :class:`~jaxsdnn.stacking.TransposedTables` (``[S, ...]``).
-        want_dx: False skips the cotangent of the piece's input (the network's first layer when
-            the input is not differentiated): its transposed product and return exchange. The
-            first layer is a piece of its own, so this slices no residuals.
+        want_dx: False skips the cotangent of the piece's input, its transposed product and return
+            exchange (the network's first layer when the input is not differentiated; a one-layer
+            piece, as :func:`pieces` makes it).
 
     Returns:
         ``(dx, gw, gb)``: the cotangent of the piece's input (None without ``want_dx``), per bucket
@@ -199,14 +199,10 @@ def piece_backward(dy, res, params, tables, ttables, piece: Piece, seg: Segment,
         dx = _return_partials(_transposed(dz, w, tt, t), n, tt.back, t.send, seg.rounds)
         return (dx, None if y is None else xext[:n]), g  # the own rows of its input: the layer before's output
 
-    if want_dx:
-        (dx, _), (gw, gb) = jax.lax.scan(body, (dy, y_out), sl, reverse=True, unroll=_unroll(piece))
-        return dx, gw, gb
-    dx, y = dy, y_out
-    if piece.i1 - piece.i0 > 1:
-        (dx, y), (gw, gb) = jax.lax.scan(body, (dy, y_out), _slice(sl, 1, None), reverse=True, unroll=_unroll(piece))
-    _, (gw0, gb0) = grads(dx, y, jax.tree.map(lambda a: a[0], sl))
-    if piece.i1 - piece.i0 == 1:
-        return None, tuple(a[None] for a in gw0), gb0[None]
-    return None, tuple(jnp.concatenate([a[None], b], axis=0) for a, b in zip(gw0, gw)), \
-        jnp.concatenate([gb0[None], gb], axis=0)
+    if not want_dx:  # the network's first layer, a piece of its own: its gradients only
+        if piece.i1 - piece.i0 != 1:
+            raise ValueError(f"piece_backward: want_dx=False needs a one-layer piece, got layers {piece.i0}..{piece.i1}")
+        _, (gw, gb) = grads(dy, y_out, jax.tree.map(lambda a: a[0], sl))
+        return None, tuple(a[None] for a in gw), gb[None]
+    (dx, _), (gw, gb) = jax.lax.scan(body, (dy, y_out), sl, reverse=True, unroll=_unroll(piece))
+    return dx, gw, gb

@@ -36,8 +36,8 @@ import numpy as np
 
 from jaxsdnn.plan import Plan, schedule_rounds
 
-__all__ = ["DEEP_MAX_PADDING", "SHALLOW_LAYERS", "Segment", "StackedPlan", "StackedTables", "TransposedTables", "stack_plan", "stack_values",
-           "transposed_tables", "unstack_values"]
+__all__ = ["DEEP_MAX_PADDING", "SHALLOW_LAYERS", "Segment", "StackedPlan", "StackedTables", "TransposedTables",
+           "stack_plan", "stack_values", "transposed_tables", "unstack_values"]
 
 
 SHALLOW_LAYERS = 16
