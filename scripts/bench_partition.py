@@ -87,7 +87,7 @@ def markdown(rows: list[dict]) -> str:
             str(r["volume"]),
             f"{r['vs_random']:.4f}",
             f"{r['vs_unconstrained']:.2f}",
-            str(r["bound"]),
+            "not computed" if r["bound"] is None else str(r["bound"]),
             "-" if r["gap"] is None else f"{100 * r['gap']:+.1f} %",
             f"{r['imbalance']:.3f}",
             f"{r['seconds']:.1f}",
@@ -154,7 +154,7 @@ def main(argv=None) -> int:
             random = partition_network(network, P, method="random", epsilon=args.epsilon, seed=args.seed)
             base = connectivity_volume(network, random.parts)[0]
             free_volume = float("nan")
-            bound = 0 if args.no_bound or P < 2 else int(device_chain_bound(network, P, args.epsilon))
+            bound = None if args.no_bound else 0 if P < 2 else int(device_chain_bound(network, P, args.epsilon))
 
             def record(method, parts, volume, seconds):
                 ratio = volume / max(free_volume, 1) if free_volume == free_volume else float("nan")
