@@ -565,9 +565,8 @@ def _cmd_infer(args) -> dict:
 
 
 def _cmd_train(args) -> dict:
-    from jaxsdnn import checkpoint as ckpt_lib
     from jaxsdnn import config as config_lib
-    from jaxsdnn import pytree_checkpoint as pck
+    from jaxsdnn.train import checkpoint_state
 
     if args.config and args.config_file and args.config != args.config_file:
         raise UsageError(f"two configs given: {args.config_file} and --config {args.config}; give one")
@@ -578,17 +577,14 @@ def _cmd_train(args) -> dict:
     model = args.devices or config_lib.get(cfg, "devices")
     data = args.data_parallel or config_lib.get(cfg, "data_parallel")
     run_dir = args.run_dir or os.path.join("runs", os.path.splitext(os.path.basename(config))[0])
-    ckpt_dir = os.path.join(run_dir, "checkpoints")
-    steps = pck.saved_steps(ckpt_dir)  # not orbax's manager: it would start JAX before _setup_devices
-    latest = steps[-1] if steps else None
-    old = ckpt_lib.list_checkpoints(ckpt_dir)
+    latest, old = checkpoint_state(run_dir)  # off the file system: JAX starts in _setup_devices
     if args.resume and latest is None:
         raise UsageError(f"--resume: {run_dir} holds no checkpoint to resume from (checkpoints/<step>)"
-                         + (f"; {old[-1].name} is of the earlier .npz format, which train no longer resumes"
-                            if old else ""))
-    if not args.resume and (latest is not None or old):
+                         + (f"; {old.name} is of the earlier .npz format, which train no longer resumes"
+                            if old is not None else ""))
+    if not args.resume and (latest is not None or old is not None):
         raise UsageError(f"--run-dir {run_dir} already holds checkpoints "
-                         f"({'step ' + str(latest) if latest is not None else old[-1].name}); give --resume to "
+                         f"({'step ' + str(latest) if latest is not None else old.name}); give --resume to "
                          "continue that run, or another --run-dir")
     facts = {"config": _digest(json.dumps(config_lib.config_to_dict(cfg), sort_keys=True).encode()),
              "resume": bool(args.resume), "data_parallel": data}

@@ -375,8 +375,10 @@ def restore_tree(directory: str | os.PathLike, model: Model, like, *, step: int 
             by_path = {info["path"]: (i, info) for i, info in enumerate(infos)}
             missing = [p for p, _ in flat if p not in by_path]
             if missing:
+                saved = list(by_path)
                 raise ValueError(f"{path}: like has leaves the checkpoint does not: {missing[:5]}"
-                                 f"{' ...' if len(missing) > 5 else ''} (saved: {list(by_path)[:5]} ...)")
+                                 f"{' ...' if len(missing) > 5 else ''} (saved: {saved[:5]}"
+                                 f"{' ...' if len(saved) > 5 else ''})")
             chosen = [by_path[p] for p, _ in flat]
         else:
             _check_structure(path, [info["path"] for info in infos], [p for p, _ in flat])

@@ -29,7 +29,8 @@ optax update, built from the public API only, so a user's own loop can use the s
 this one); ``train(..., loss=..., optimizer=...)`` takes a loss and an optax transformation from
 Python.
 
-Multi-host: every process runs the same steps; only process 0 writes files.
+Multi-host: every process runs the same steps; only process 0 writes the configuration, metrics
+and summary, and every process joins each checkpoint (a collective; orbax writes it).
 
 Compiled steps are cached per (model schedule, batch, optimizer, loss) in the process, and
 prediction is one module-level ``jit`` of :func:`jaxsdnn.apply`, so several runs of one
@@ -68,7 +69,7 @@ from jaxsdnn._atomic import atomic_write
 from jaxsdnn.config import Config, config_to_dict, load_config, save_config
 from jaxsdnn.network import SparseNetwork
 
-__all__ = ["block_parts", "load_data", "make_optimizer", "make_step", "partition_parts", "train", "trained_network"]
+__all__ = ["block_parts", "checkpoint_state", "load_data", "make_optimizer", "make_step", "partition_parts", "train", "trained_network"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 """Relative data/network paths that do not exist under the cwd are looked up here."""
@@ -330,13 +331,21 @@ def _check_resume_checkpoint(path, saved: dict, config: Config) -> None:
         raise ValueError(f"{path}: cannot resume with a different {details}")
 
 
-def _latest_step(ckpt_dir: Path) -> int | None:
-    """The newest checkpoint step in ``ckpt_dir``; refuses checkpoints of the earlier ``.npz``
-    format (this version writes and reads orbax step directories only)."""
-    old = ckpt_lib.list_checkpoints(ckpt_dir)
-    latest = pck.latest_step(ckpt_dir)
-    if old and latest is None:
-        raise ValueError(f"{old[-1]}: a checkpoint of the earlier .npz format, which train() no longer resumes; "
+def checkpoint_state(run_dir) -> tuple[int | None, Path | None]:
+    """``(latest step, earlier-format file)`` of ``run_dir/checkpoints``, read off the file system
+    without starting JAX (the CLI asks before it sets up its devices): the newest orbax step
+    saved, and the newest ``.npz`` checkpoint of the earlier format (which :func:`train` refuses),
+    each None when there is none."""
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    steps, old = pck.saved_steps(ckpt_dir), ckpt_lib.list_checkpoints(ckpt_dir)
+    return (steps[-1] if steps else None), (old[-1] if old else None)
+
+
+def _latest_step(run_dir: Path) -> int | None:
+    """The newest checkpoint step; refuses a run directory of the earlier ``.npz`` format only."""
+    latest, old = checkpoint_state(run_dir)
+    if old is not None and latest is None:
+        raise ValueError(f"{old}: a checkpoint of the earlier .npz format, which train() no longer resumes; "
                          "start a new run directory (jaxsdnn.checkpoint.load_checkpoint still reads the file)")
     return latest
 
@@ -479,7 +488,7 @@ def _train(config, run_dir: Path, t_start: float, writer: bool, *, resume, devic
     if writer:
         _check_writable(run_dir)
     ckpt_dir = run_dir / "checkpoints"
-    latest = _latest_step(ckpt_dir)
+    latest = _latest_step(run_dir)
     if resume:
         if latest is None:
             raise ValueError(f"{ckpt_dir}: no checkpoint to resume from")
