@@ -373,7 +373,6 @@ def _local_backward(params, tables: ModelTables, res, dy, dcaptured: dict, st: _
 _BY_MODEL = Spec(MODEL_AXIS)
 _BATCH = Spec(DATA_AXIS, None)
 _STACKED_ACT = Spec(MODEL_AXIS, None, None, DATA_AXIS)
-_ACT = Spec(MODEL_AXIS, None, DATA_AXIS)
 
 
 def _values(tree):
@@ -391,7 +390,7 @@ def _core(st: _Static):
     mesh = st.schedule.mesh
     n_cap = 0 if st.capture is None else len(st.capture)
     out_specs = (_BATCH,) if st.capture is None else (_BATCH, (_BATCH,) * n_cap, _BATCH)
-    res_specs = tuple((_STACKED_ACT, None if pc.linear else _ACT) for pc in st.pieces)
+    res_specs = tuple(_STACKED_ACT for _ in st.pieces)
 
     def mapped(keep):
         def body(params, tables, xb):

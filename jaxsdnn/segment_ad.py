@@ -6,15 +6,15 @@ program has one loop body per piece whatever the depth. Pieces end where a calle
 output (captured activations), before a linear last layer and after the first layer.
 
 Forward: each layer exchanges (``ppermute`` rounds of the segment's schedule), multiplies its
-buckets and applies the ReLU; with ``keep`` the scan also returns every layer's extended input
-(the residuals). Reverse: a reversed scan over the same tables; per layer the weight gradients
+buckets and applies the ReLU; with ``keep`` the scan carries the residuals, one stack of every
+layer's extended input and the piece's output, written in place. Reverse: a reversed scan over the same tables; per layer the weight gradients
 (:func:`jaxsdnn.kernels.sampled_dense_dense`, or the grouped GEMM), ``W^T dz`` through the
 :class:`jaxsdnn.stacking.TransposedTables` (gathers for ungrouped buckets, one batched GEMM and a
 fold for grouped ones) and the transposed exchange: each received row's partial sum goes back to
 its owner, which adds it into the row it sent. The ReLU's derivative is read off the layer's
-output ``y = clip(z, 0, cap)`` (the own rows of the next layer's extended input, carried by the
-reversed scan): 1 where ``0 < y < cap``, so 0 at the ties ``z == 0`` and ``z == cap``, exactly
-as ``jax.nn.relu``. Nothing but the extended inputs is kept.
+output ``y = clip(z, 0, cap)`` (the own rows of the next slot of the stack): 1 where
+``0 < y < cap``, so 0 at the ties ``z == 0`` and ``z == cap``, exactly as ``jax.nn.relu``.
+Nothing but the extended inputs and the output is kept.
 
 Arrays (device axis removed): activations ``[n_rows, batch]``; a segment's params
 ``{"w": per bucket [S, rows_b, width_b], "b": [S, n_rows]}``.
@@ -89,6 +89,17 @@ def _slice(tree, i0, i1):
     return jax.tree.map(lambda a: a[i0:i1], tree)
 
 
+def _received(x, sends, rounds, exchange_dtype):
+    """The rows each round of the exchange brings, ``[n_ext - n_rows, batch]`` (see
+    :func:`jaxsdnn.sharded._exchange`, whose extended input is ``x`` followed by these)."""
+    x = jax.lax.optimization_barrier(x)  # as in _exchange: the spmm must not fuse into the sends
+    narrow = ((lambda a: a) if exchange_dtype is None or jnp.dtype(exchange_dtype) == x.dtype
+              else (lambda a: a.astype(exchange_dtype)))
+    recv = [jax.lax.ppermute(narrow(kernels.gather_rows(x, send)), MODEL_AXIS, pairs).astype(x.dtype)
+            for send, pairs in zip(sends, rounds)]
+    return recv[0] if len(recv) == 1 else jnp.concatenate(recv, axis=0)
+
+
 def piece_forward(x, params, tables, row_ids, piece: Piece, seg: Segment, *, cap, keep: bool, count: bool,
                   exchange_dtype=None):
     """Runs ``piece`` from its input ``x`` ``[n_rows, batch]``.
@@ -99,24 +110,49 @@ def piece_forward(x, params, tables, row_ids, piece: Piece, seg: Segment, *, cap
         row_ids: ``[S, n_rows]`` int32 global neuron of each output row, -1 for padding (counts).
 
     Returns:
-        ``(y, residuals, nnz)``: the piece's output; with ``keep``, ``(xexts, y)``: the
-        ``[len, n_ext, batch]`` extended inputs and the output again (None for a linear piece;
-        the ReLU's derivative at layer ``i`` is read off its output, the own rows of layer
-        ``i + 1``'s extended input), None without ``keep``; ``[len, batch]`` int32 nonzero
+        ``(y, residuals, nnz)``: the piece's output; with ``keep``, the ``[len + 1, n_ext, batch]``
+        stack of every layer's extended input followed by the piece's output (in the first
+        ``n_rows`` rows of the last slot), None without ``keep``; ``[len, batch]`` int32 nonzero
         outputs per layer and sample summed over the model axis (None without ``count``).
+
+    With ``keep`` the scan carries the stack itself: each layer reads its input from its slot,
+    writes the received rows after it and its output into the next slot, in place (carrying the
+    activation and stacking the inputs as scan outputs cost two more copies of every layer's
+    activation: 26 % of a challenge training step on one core).
     """
     sl = (_slice(tables, piece.i0, piece.i1), _slice(params["w"], piece.i0, piece.i1),
           params["b"][piece.i0 : piece.i1], row_ids[piece.i0 : piece.i1])
 
-    def body(x, layer):
-        t, w, b, ids = layer
-        xext, z, y = _layer(x, t, w, b, rounds=seg.rounds, cap=cap, linear=piece.linear, exchange_dtype=exchange_dtype)
+    def out(t, w, b, ids, xext, n):
+        z = pad_to(kernels.bucketed_spmm(xext, t.index, w, t.group_cols), n) + b[:, None]
+        y = z if piece.linear else kernels.activation(z, cap)
         nnz = jax.lax.psum(jnp.sum((y != 0) & (ids >= 0)[:, None], axis=0, dtype=jnp.int32), MODEL_AXIS) if count \
             else None
-        return y, (xext if keep else None, nnz)
+        return y, nnz
 
-    y, (xexts, nnz) = jax.lax.scan(body, x, sl, unroll=_unroll(piece))
-    return y, ((xexts, None if piece.linear else y) if keep else None), nnz
+    if not keep:
+        def body(x, layer):
+            t, w, b, ids = layer
+            xext = _exchange(x, t.send, seg.rounds, MODEL_AXIS, exchange_dtype)
+            return out(t, w, b, ids, xext, x.shape[0])
+
+        y, nnz = jax.lax.scan(body, x, sl, unroll=_unroll(piece))
+        return y, None, nnz
+
+    n, length = x.shape[0], piece.i1 - piece.i0
+    stack = jnp.zeros((length + 1, seg.n_ext, x.shape[1]), x.dtype).at[0, :n].set(x)
+
+    def kept(stack, layer):
+        (t, w, b, ids), i = layer
+        if seg.rounds:
+            recv = _received(jax.lax.dynamic_index_in_dim(stack, i, 0, keepdims=False)[:n], t.send, seg.rounds,
+                             exchange_dtype)
+            stack = jax.lax.dynamic_update_slice(stack, recv[None], (i, n, 0))
+        y, nnz = out(t, w, b, ids, jax.lax.dynamic_index_in_dim(stack, i, 0, keepdims=False), n)
+        return jax.lax.dynamic_update_slice(stack, y[None], (i + 1, 0, 0)), nnz
+
+    stack, nnz = jax.lax.scan(kept, stack, (sl, jnp.arange(length)), unroll=_unroll(piece))
+    return stack[length, :n], stack, nnz
 
 
 def _transposed(dz, w, tt, t):
@@ -169,7 +205,7 @@ def piece_backward(dy, res, params, tables, ttables, piece: Piece, seg: Segment,
 
     Args:
         dy: ``[n_rows, batch]`` cotangent of the piece's output.
-        res: the forward's residuals ``(xexts, y)`` (``y`` None for a linear piece).
+        res: the forward's residual stack ``[len + 1, n_ext, batch]`` (read in place, by layer).
         cap: the ReLU's cap (None: plain ReLU).
         ttables: the segment's :class:`~jaxsdnn.stacking.TransposedTables` (``[S, ...]``).
         want_dx: False skips the cotangent of the piece's input, its transposed product and return
@@ -181,28 +217,30 @@ def piece_backward(dy, res, params, tables, ttables, piece: Piece, seg: Segment,
         ``[len, rows_b, width_b]`` weight gradients and ``[len, n_rows]`` bias gradients (summed
         over the local batch).
     """
-    xexts, y_out = res
+    stack = res
     sl = (_slice(tables, piece.i0, piece.i1), _slice(ttables, piece.i0, piece.i1),
-          _slice(params["w"], piece.i0, piece.i1), xexts)
-    n = seg.n_rows
+          _slice(params["w"], piece.i0, piece.i1))
+    n, length = seg.n_rows, piece.i1 - piece.i0
 
-    def grads(dx, y, layer):
-        """``y``: the layer's output (None: linear); returns ``dz`` and the layer's gradients."""
-        t, tt, w, xext = layer
-        dz = dx if y is None else jnp.where(kernels.activation_mask(y, cap, bool), dx, 0)
+    def grads(dx, i, t):
+        """``dz`` and the gradients of the piece's layer ``i`` (its output is slot ``i + 1``)."""
+        if piece.linear:
+            dz = dx
+        else:
+            y = jax.lax.dynamic_index_in_dim(stack, i + 1, 0, keepdims=False)[:n]
+            dz = jnp.where(kernels.activation_mask(y, cap, bool), dx, 0)
+        xext = jax.lax.dynamic_index_in_dim(stack, i, 0, keepdims=False)
         return dz, (_weight_grads(dz, xext, t), jnp.sum(dz, axis=1))
 
-    def body(carry, layer):  # carry: the cotangent and the output of this layer
-        dx, y = carry
-        dz, g = grads(dx, y, layer)
-        t, tt, w, xext = layer
-        dx = _return_partials(_transposed(dz, w, tt, t), n, tt.back, t.send, seg.rounds)
-        return (dx, None if y is None else xext[:n]), g  # the own rows of its input: the layer before's output
+    def body(dx, layer):
+        (t, tt, w), i = layer
+        dz, g = grads(dx, i, t)
+        return _return_partials(_transposed(dz, w, tt, t), n, tt.back, t.send, seg.rounds), g
 
     if not want_dx:  # the network's first layer, a piece of its own: its gradients only
-        if piece.i1 - piece.i0 != 1:
+        if length != 1:
             raise ValueError(f"piece_backward: want_dx=False needs a one-layer piece, got layers {piece.i0}..{piece.i1}")
-        _, (gw, gb) = grads(dy, y_out, jax.tree.map(lambda a: a[0], sl))
+        _, (gw, gb) = grads(dy, 0, jax.tree.map(lambda a: a[0], sl[0]))
         return None, tuple(a[None] for a in gw), gb[None]
-    (dx, _), (gw, gb) = jax.lax.scan(body, (dy, y_out), sl, reverse=True, unroll=_unroll(piece))
+    dx, (gw, gb) = jax.lax.scan(body, dy, (sl, jnp.arange(length)), reverse=True, unroll=_unroll(piece))
     return dx, gw, gb
