@@ -54,7 +54,7 @@ from jax.sharding import PartitionSpec as Spec
 from jaxsdnn.network import SparseNetwork
 from jaxsdnn.segments import check_exchange_dtype
 from jaxsdnn.plan import Plan, build_plan, layout_values, values_to_network
-from jaxsdnn.segment_ad import Piece, piece_backward, piece_forward, pieces
+from jaxsdnn.segment_ad import Piece, keeps_stack, piece_backward, piece_forward, pieces
 from jaxsdnn.sharded import DATA_AXIS, MODEL_AXIS, _check_batch, _global_array, _put_by_model, _squeeze
 from jaxsdnn.stacking import (Segment, StackedPlan, StackedTables, TransposedTables, stack_plan, stack_values,
                               transposed_tables, unstack_values)
@@ -373,6 +373,7 @@ def _local_backward(params, tables: ModelTables, res, dy, dcaptured: dict, st: _
 _BY_MODEL = Spec(MODEL_AXIS)
 _BATCH = Spec(DATA_AXIS, None)
 _STACKED_ACT = Spec(MODEL_AXIS, None, None, DATA_AXIS)
+_ACT = Spec(MODEL_AXIS, None, DATA_AXIS)
 
 
 def _values(tree):
@@ -390,7 +391,8 @@ def _core(st: _Static):
     mesh = st.schedule.mesh
     n_cap = 0 if st.capture is None else len(st.capture)
     out_specs = (_BATCH,) if st.capture is None else (_BATCH, (_BATCH,) * n_cap, _BATCH)
-    res_specs = tuple(_STACKED_ACT for _ in st.pieces)
+    res_specs = tuple(_STACKED_ACT if keeps_stack(pc) else (_STACKED_ACT, None if pc.linear else _ACT)
+                      for pc in st.pieces)
 
     def mapped(keep):
         def body(params, tables, xb):

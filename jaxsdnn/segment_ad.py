@@ -6,13 +6,15 @@ program has one loop body per piece whatever the depth. Pieces end where a calle
 output (captured activations), before a linear last layer and after the first layer.
 
 Forward: each layer exchanges (``ppermute`` rounds of the segment's schedule), multiplies its
-buckets and applies the ReLU; with ``keep`` the scan carries the residuals, one stack of every
-layer's extended input and the piece's output, written in place. Reverse: a reversed scan over the same tables; per layer the weight gradients
+buckets and applies the ReLU; with ``keep`` a rolled scan carries the residuals, one stack of
+every layer's extended input and the piece's output, written in place (an unrolled piece returns
+the extended inputs and its output). Reverse: a reversed scan over the same tables; per layer
+the weight gradients
 (:func:`jaxsdnn.kernels.sampled_dense_dense`, or the grouped GEMM), ``W^T dz`` through the
 :class:`jaxsdnn.stacking.TransposedTables` (gathers for ungrouped buckets, one batched GEMM and a
 fold for grouped ones) and the transposed exchange: each received row's partial sum goes back to
 its owner, which adds it into the row it sent. The ReLU's derivative is read off the layer's
-output ``y = clip(z, 0, cap)`` (the own rows of the next slot of the stack): 1 where
+output ``y = clip(z, 0, cap)`` (the own rows of the next layer's extended input): 1 where
 ``0 < y < cap``, so 0 at the ties ``z == 0`` and ``z == cap``, exactly as ``jax.nn.relu``.
 Nothing but the extended inputs and the output is kept.
 
@@ -32,7 +34,7 @@ from jaxsdnn.segments import pad_to
 from jaxsdnn.sharded import MODEL_AXIS, _exchange
 from jaxsdnn.stacking import Segment
 
-__all__ = ["UNROLL_LAYERS", "Piece", "pieces", "piece_forward", "piece_backward"]
+__all__ = ["UNROLL_LAYERS", "Piece", "keeps_stack", "pieces", "piece_forward", "piece_backward"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +76,12 @@ UNROLL_LAYERS = 8
 step as loops, 1.2x unrolled)."""
 
 
+def keeps_stack(piece: Piece) -> bool:
+    """Whether :func:`piece_forward` keeps its residuals as one in-place stack (pieces run as a
+    rolled scan) rather than as ``(xexts, y)`` (pieces of at most :data:`UNROLL_LAYERS`)."""
+    return piece.i1 - piece.i0 > UNROLL_LAYERS
+
+
 def _unroll(piece: Piece):
     return True if piece.i1 - piece.i0 <= UNROLL_LAYERS else 1
 
@@ -110,15 +118,18 @@ def piece_forward(x, params, tables, row_ids, piece: Piece, seg: Segment, *, cap
         row_ids: ``[S, n_rows]`` int32 global neuron of each output row, -1 for padding (counts).
 
     Returns:
-        ``(y, residuals, nnz)``: the piece's output; with ``keep``, the ``[len + 1, n_ext, batch]``
-        stack of every layer's extended input followed by the piece's output (in the first
-        ``n_rows`` rows of the last slot), None without ``keep``; ``[len, batch]`` int32 nonzero
-        outputs per layer and sample summed over the model axis (None without ``count``).
+        ``(y, residuals, nnz)``: the piece's output; with ``keep``, for a piece that
+        :func:`keeps_stack`, the ``[len + 1, n_ext, batch]`` stack of every layer's extended input
+        followed by the piece's output (in the first ``n_rows`` rows of the last slot), for a
+        shorter one ``(xexts, y)``: the ``[len, n_ext, batch]`` extended inputs and the output
+        (None for a linear piece); None without ``keep``; ``[len, batch]`` int32 nonzero outputs
+        per layer and sample summed over the model axis (None without ``count``).
 
-    With ``keep`` the scan carries the stack itself: each layer reads its input from its slot,
+    A stacked piece's scan carries the stack itself: each layer reads its input from its slot,
     writes the received rows after it and its output into the next slot, in place (carrying the
     activation and stacking the inputs as scan outputs cost two more copies of every layer's
-    activation: 26 % of a challenge training step on one core).
+    activation: 26 % of a challenge training step on one core). Unrolled pieces keep the plain
+    form, which XLA schedules better there (digits step 1.12x against 1.28x the built-in's).
     """
     sl = (_slice(tables, piece.i0, piece.i1), _slice(params["w"], piece.i0, piece.i1),
           params["b"][piece.i0 : piece.i1], row_ids[piece.i0 : piece.i1])
@@ -130,14 +141,15 @@ def piece_forward(x, params, tables, row_ids, piece: Piece, seg: Segment, *, cap
             else None
         return y, nnz
 
-    if not keep:
+    if not (keep and keeps_stack(piece)):
         def body(x, layer):
             t, w, b, ids = layer
             xext = _exchange(x, t.send, seg.rounds, MODEL_AXIS, exchange_dtype)
-            return out(t, w, b, ids, xext, x.shape[0])
+            y, nnz = out(t, w, b, ids, xext, x.shape[0])
+            return y, (xext if keep else None, nnz)
 
-        y, nnz = jax.lax.scan(body, x, sl, unroll=_unroll(piece))
-        return y, None, nnz
+        y, (xexts, nnz) = jax.lax.scan(body, x, sl, unroll=_unroll(piece))
+        return y, ((xexts, None if piece.linear else y) if keep else None), nnz
 
     n, length = x.shape[0], piece.i1 - piece.i0
     stack = jnp.zeros((length + 1, seg.n_ext, x.shape[1]), x.dtype).at[0, :n].set(x)
@@ -205,7 +217,8 @@ def piece_backward(dy, res, params, tables, ttables, piece: Piece, seg: Segment,
 
     Args:
         dy: ``[n_rows, batch]`` cotangent of the piece's output.
-        res: the forward's residual stack ``[len + 1, n_ext, batch]`` (read in place, by layer).
+        res: the forward's residuals (see :func:`piece_forward`: a stack, read in place by layer,
+            or ``(xexts, y)``).
         cap: the ReLU's cap (None: plain ReLU).
         ttables: the segment's :class:`~jaxsdnn.stacking.TransposedTables` (``[S, ...]``).
         want_dx: False skips the cotangent of the piece's input, its transposed product and return
@@ -217,30 +230,42 @@ def piece_backward(dy, res, params, tables, ttables, piece: Piece, seg: Segment,
         ``[len, rows_b, width_b]`` weight gradients and ``[len, n_rows]`` bias gradients (summed
         over the local batch).
     """
-    stack = res
     sl = (_slice(tables, piece.i0, piece.i1), _slice(ttables, piece.i0, piece.i1),
           _slice(params["w"], piece.i0, piece.i1))
     n, length = seg.n_rows, piece.i1 - piece.i0
 
-    def grads(dx, i, t):
-        """``dz`` and the gradients of the piece's layer ``i`` (its output is slot ``i + 1``)."""
-        if piece.linear:
-            dz = dx
-        else:
-            y = jax.lax.dynamic_index_in_dim(stack, i + 1, 0, keepdims=False)[:n]
-            dz = jnp.where(kernels.activation_mask(y, cap, bool), dx, 0)
-        xext = jax.lax.dynamic_index_in_dim(stack, i, 0, keepdims=False)
+    def grads(dx, y, xext, t):
+        """``dz`` and the layer's gradients; ``y``: its output (unused for a linear piece)."""
+        dz = dx if piece.linear else jnp.where(kernels.activation_mask(y, cap, bool), dx, 0)
         return dz, (_weight_grads(dz, xext, t), jnp.sum(dz, axis=1))
 
-    def body(dx, layer):
-        (t, tt, w), i = layer
-        dz, g = grads(dx, i, t)
-        return _return_partials(_transposed(dz, w, tt, t), n, tt.back, t.send, seg.rounds), g
+    def back(dz, t, tt, w):
+        return _return_partials(_transposed(dz, w, tt, t), n, tt.back, t.send, seg.rounds)
 
+    if keeps_stack(piece):
+        stack = res
+        at = (lambda j: jax.lax.dynamic_index_in_dim(stack, j, 0, keepdims=False))
+
+        def body(dx, layer):  # layer i reads slot i, its output is slot i + 1
+            (t, tt, w), i = layer
+            dz, g = grads(dx, None if piece.linear else at(i + 1)[:n], at(i), t)
+            return back(dz, t, tt, w), g
+
+        dx, (gw, gb) = jax.lax.scan(body, dy, (sl, jnp.arange(length)), reverse=True, unroll=_unroll(piece))
+        return dx, gw, gb
+
+    xexts, y_out = res
     if not want_dx:  # the network's first layer, a piece of its own: its gradients only
         if length != 1:
             raise ValueError(f"piece_backward: want_dx=False needs a one-layer piece, got layers {piece.i0}..{piece.i1}")
-        _, (gw, gb) = grads(dy, 0, jax.tree.map(lambda a: a[0], sl[0]))
+        _, (gw, gb) = grads(dy, y_out, xexts[0], jax.tree.map(lambda a: a[0], sl[0]))
         return None, tuple(a[None] for a in gw), gb[None]
-    dx, (gw, gb) = jax.lax.scan(body, dy, (sl, jnp.arange(length)), reverse=True, unroll=_unroll(piece))
+
+    def body(carry, layer):  # carry: the cotangent and this layer's output
+        dx, y = carry
+        (t, tt, w), xext = layer
+        dz, g = grads(dx, y, xext, t)
+        return (back(dz, t, tt, w), None if y is None else xext[:n]), g  # own rows of its input: the output before
+
+    (dx, _), (gw, gb) = jax.lax.scan(body, (dy, y_out), (sl, xexts), reverse=True, unroll=_unroll(piece))
     return dx, gw, gb
