@@ -86,13 +86,6 @@ def _unroll(piece: Piece):
     return True if piece.i1 - piece.i0 <= UNROLL_LAYERS else 1
 
 
-def _layer(x, t, w, b, *, rounds, cap, linear, exchange_dtype=None):
-    """One layer: ``(extended input, pre-activation, output)``; ``t``, ``w``, ``b`` are its slices."""
-    xext = _exchange(x, t.send, rounds, MODEL_AXIS, exchange_dtype)
-    z = pad_to(kernels.bucketed_spmm(xext, t.index, w, t.group_cols), x.shape[0]) + b[:, None]
-    return xext, z, (z if linear else kernels.activation(z, cap))
-
-
 def _slice(tree, i0, i1):
     return jax.tree.map(lambda a: a[i0:i1], tree)
 
@@ -252,7 +245,7 @@ def piece_backward(dy, res, params, tables, ttables, piece: Piece, seg: Segment,
             return back(dz, t, tt, w), g
 
         dx, (gw, gb) = jax.lax.scan(body, dy, (sl, jnp.arange(length)), reverse=True, unroll=_unroll(piece))
-        return dx, gw, gb
+        return (dx if want_dx else None), gw, gb
 
     xexts, y_out = res
     if not want_dx:  # the network's first layer, a piece of its own: its gradients only
