@@ -512,7 +512,7 @@ def _cmd_infer(args) -> dict:
             "network": net.fingerprint()[:16], "values": _digest(*(w.data for w in net.weights), *net.biases),
             "images": int(images.shape[0]), "images_digest": _digest(images.indptr, images.indices, images.data),
             "partition": None if part is None else _digest(*part.parts), "batch_size": args.batch_size, "exchange_dtype": args.exchange_dtype,
-            "data_parallel": args.data_parallel, "compact": not args.no_compact,
+            "overlap": args.overlap, "repeats": args.repeats, "data_parallel": args.data_parallel, "compact": not args.no_compact,
         }
 
     devices = _setup_devices(args, model * args.data_parallel, facts)
@@ -522,7 +522,8 @@ def _cmd_infer(args) -> dict:
 
     mesh = sharded.make_mesh(model, args.data_parallel, devices=devices)
     result = engine.run_inference(net, images, partition=part, mesh=mesh, batch_size=args.batch_size,
-                                  compact=not args.no_compact, exchange_dtype=args.exchange_dtype)
+                                  compact=not args.no_compact, exchange_dtype=args.exchange_dtype,
+                                  overlap=args.overlap, repeats=args.repeats)
     if _is_writer():
         io.write_categories(args.out, result.categories)
         if args.scores:
@@ -544,6 +545,11 @@ def _cmd_infer(args) -> dict:
         "rounds": stats["rounds"],
         "segments": stats["segments"],
         "compact": stats["compact"],
+        "overlap": stats["overlap"],
+        "repeats": args.repeats,
+        "exchange_rounds_run": stats["exchange_rounds_run"],
+        "exchanged_entries": stats["exchanged_entries"],
+        "device_calls": stats["device_calls"],
         "survival": [[int(k), int(a)] for k, a in result.survival],
         "computed_edge_fraction": stats["computed_edge_fraction"],
         "skipped_edge_fraction": max(0.0, 1.0 - stats["computed_edge_fraction"]),
@@ -708,6 +714,12 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--exchange-dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="type of the activations sent between devices (bfloat16 / float16: half the bytes, "
                         "rounded; see BENCHMARKS.md for the measured error)")
+    i.add_argument("--repeats", type=_positive_int, default=1,
+                   help="time this many passes after the first (compiling) one and report their median; 1 (the "
+                        "default) times the first pass less its compilation")
+    i.add_argument("--overlap", action="store_true",
+                   help="compute each layer's own-input product while its exchange is in flight (see BENCHMARKS.md "
+                        "for where this is faster)")
     i.add_argument("--scores", default=None,
                    help="save the survivors' last-layer activations, sparse: FILE.npz (scipy.sparse.save_npz of "
                         "the [images, n_L] CSR matrix) or any other name for image<TAB>neuron<TAB>value lines "

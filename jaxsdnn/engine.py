@@ -160,6 +160,7 @@ class _Pass:
         self.cum_nnz = np.concatenate([[0], np.cumsum(network.nnz)])
         self.survival: dict[int, int] = {}
         self.edges = 0
+        self.rounds_run = self.moved = self.calls = 0  # exchange rounds entered, entries sent (padding too)
         self.rows, self.values = [], []
         self.pools: dict[int, tuple] = {}  # layer -> (buffer [P, n_rows, batch], ids [batch], fill)
         self.seg_of = np.concatenate([np.full(s.num_layers, i) for i, s in enumerate(sn.splan.segments)])
@@ -174,6 +175,10 @@ class _Pass:
         m = self.sn.mesh
         y, alive, bad = f(self.sn.params[s], self.sn.tables[s], x, segments.scalar(m, layer - seg.start),
                           segments.scalar(m, stop - seg.start))
+        per_layer = sum(len(pairs) * int(send.shape[2]) for pairs, send in zip(seg.rounds, self.sn.splan.tables[s].send))
+        self.calls += 1
+        self.rounds_run += len(seg.rounds) * (stop - layer)
+        self.moved += per_layer * (stop - layer) * int(x.shape[2])
         return x, y, alive, bad, stop
 
     def run(self, x, ids: np.ndarray, layer: int = 0) -> None:
@@ -267,6 +272,7 @@ def run_inference(
     compact: bool = True,
     max_padding: float | None = None,
     exchange_dtype=None,
+    overlap: bool = False,
 ) -> InferenceResult:
     """Runs ``network`` on ``images`` (``[images, n_0]``, dense or scipy.sparse).
 
@@ -285,6 +291,9 @@ def run_inference(
         exchange_dtype: ``"bfloat16"`` or ``"float16"`` sends the activations that cross devices
             in that type (half the bytes); None or ``"float32"`` sends them exactly. See
             BENCHMARKS.md for the measured error and categories.
+        overlap: each layer computes its own rows' product while its exchange is in flight
+            (:func:`jaxsdnn.segments.overlapped_spmm`); equal to the plain order up to float32
+            rounding. See BENCHMARKS.md for where it is faster.
     """
     segments.check_exchange_dtype(exchange_dtype)
     images = _as_images(images, network.sizes[0])
@@ -299,7 +308,7 @@ def run_inference(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     batch = default_batch_size(network, n_img, data) if batch_size is None else min(int(batch_size), n_img)
     batch = -(-batch // data) * data
-    sn = segments.shard_stacked(splan, network, mesh, exchange_dtype)
+    sn = segments.shard_stacked(splan, network, mesh, exchange_dtype, overlap=overlap)
     n_rows0 = splan.segments[0].n_rows
 
     def one_pass() -> _Pass:
@@ -329,6 +338,10 @@ def run_inference(
         data_parallel=int(data),
         batch_size=int(batch),
         compact=bool(compact),
+        overlap=bool(overlap),
+        exchange_rounds_run=first.rounds_run,
+        exchanged_entries=first.moved,
+        device_calls=first.calls,
         computed_edge_fraction=first.edges / (n_img * network.total_nnz),
         compiles=compiled.compiles,
         cache_hits=compiled.cache_hits,

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 
 from jaxsdnn import kernels
 from jaxsdnn.segments import pad_to
-from jaxsdnn.sharded import MODEL_AXIS, _exchange
+from jaxsdnn.sharded import MODEL_AXIS, _exchange, _received
 from jaxsdnn.stacking import Segment
 
 __all__ = ["UNROLL_LAYERS", "Piece", "keeps_stack", "pieces", "piece_forward", "piece_backward"]
@@ -90,17 +90,6 @@ def _slice(tree, i0, i1):
     return jax.tree.map(lambda a: a[i0:i1], tree)
 
 
-def _received(x, sends, rounds, exchange_dtype):
-    """The rows each round of the exchange brings, ``[n_ext - n_rows, batch]`` (see
-    :func:`jaxsdnn.sharded._exchange`, whose extended input is ``x`` followed by these)."""
-    x = jax.lax.optimization_barrier(x)  # as in _exchange: the spmm must not fuse into the sends
-    narrow = ((lambda a: a) if exchange_dtype is None or jnp.dtype(exchange_dtype) == x.dtype
-              else (lambda a: a.astype(exchange_dtype)))
-    recv = [jax.lax.ppermute(narrow(kernels.gather_rows(x, send)), MODEL_AXIS, pairs).astype(x.dtype)
-            for send, pairs in zip(sends, rounds)]
-    return recv[0] if len(recv) == 1 else jnp.concatenate(recv, axis=0)
-
-
 def piece_forward(x, params, tables, row_ids, piece: Piece, seg: Segment, *, cap, keep: bool, count: bool,
                   exchange_dtype=None):
     """Runs ``piece`` from its input ``x`` ``[n_rows, batch]``.
@@ -152,7 +141,7 @@ def piece_forward(x, params, tables, row_ids, piece: Piece, seg: Segment, *, cap
         (t, w, b, ids), i = layer
         if seg.rounds:
             recv = _received(jax.lax.dynamic_index_in_dim(stack, i, 0, keepdims=False)[:n], t.send, seg.rounds,
-                             exchange_dtype)
+                             MODEL_AXIS, exchange_dtype)
             stack = jax.lax.dynamic_update_slice(stack, recv[None], (i, n, 0))
         y, nnz = out(t, w, b, ids, jax.lax.dynamic_index_in_dim(stack, i, 0, keepdims=False), n)
         return jax.lax.dynamic_update_slice(stack, y[None], (i + 1, 0, 0)), nnz

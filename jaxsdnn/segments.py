@@ -30,12 +30,13 @@ from jax.sharding import PartitionSpec as Spec
 
 from jaxsdnn import kernels
 from jaxsdnn.plan import layout_values
-from jaxsdnn.sharded import DATA_AXIS, MODEL_AXIS, _exchange, _global_array, _put_by_model
-from jaxsdnn.stacking import StackedPlan, StackedTables, stack_values
+from jaxsdnn.sharded import DATA_AXIS, MODEL_AXIS, _exchange, _global_array, _put_by_model, _send_receive
+from jaxsdnn.stacking import RemoteTables, StackedPlan, StackedTables, remote_tables, stack_values
 
-__all__ = ["StackedNetwork", "compact_columns", "insert_columns", "pad_rows", "put_activations", "scalar", "segment_chunk", "shard_stacked"]
+__all__ = ["StackedNetwork", "compact_columns", "overlapped_spmm", "insert_columns", "pad_rows", "put_activations", "scalar", "segment_chunk", "shard_stacked"]
 
-jax.tree_util.register_dataclass(StackedTables, data_fields=["index", "send", "group_cols"], meta_fields=[])
+jax.tree_util.register_dataclass(StackedTables, data_fields=["index", "send", "group_cols", "remote"], meta_fields=[])
+jax.tree_util.register_dataclass(RemoteTables, data_fields=["row", "src", "wpos"], meta_fields=[])
 
 ACTIVATION_SPEC = Spec(MODEL_AXIS, None, DATA_AXIS)
 
@@ -48,7 +49,11 @@ class StackedNetwork:
         splan: the host :class:`jaxsdnn.stacking.StackedPlan`.
         mesh: the ``(MODEL_AXIS, DATA_AXIS)`` mesh.
         params: per segment, its values (module docstring), sharded over the model axis.
-        tables: per segment, its :class:`StackedTables`, sharded over the model axis.
+        tables: per segment, its :class:`StackedTables`, sharded over the model axis; with
+            ``overlap`` they hold their :class:`jaxsdnn.stacking.RemoteTables`.
+        exchange_dtype: the type activations cross devices in (None: float32).
+        overlap: whether each layer computes its own rows' product while the exchange is in
+            flight (:func:`local_segment`).
     """
 
     splan: StackedPlan
@@ -56,17 +61,24 @@ class StackedNetwork:
     params: tuple[dict, ...]
     tables: tuple[StackedTables, ...]
     exchange_dtype: str | None = None
+    overlap: bool = False
 
 
-def shard_stacked(splan: StackedPlan, network, mesh: Mesh, exchange_dtype=None) -> StackedNetwork:
+def shard_stacked(splan: StackedPlan, network, mesh: Mesh, exchange_dtype=None, overlap: bool = False) -> StackedNetwork:
     """Puts the stacked values and tables of ``network`` on ``mesh`` (model axis = partition).
 
     ``exchange_dtype``: activations cross devices in this type (None: float32), see
-    :func:`jaxsdnn.sharded._exchange`.
+    :func:`jaxsdnn.sharded._received`. ``overlap``: split each layer so that the exchange is in
+    flight while the product over the device's own rows runs (see :func:`local_segment`); the
+    results equal the plain order's up to float32 rounding (the two halves are summed apart).
     """
     values = stack_values(splan, layout_values(splan.plan, network))
-    return StackedNetwork(splan, mesh, *_put_by_model(mesh, splan.num_parts, values, splan.tables),
-                          exchange_dtype=check_exchange_dtype(exchange_dtype))
+    tables = splan.tables
+    if overlap:
+        tables = tuple(dataclasses.replace(t, remote=remote_tables(seg, t)) if seg.rounds else t
+                       for seg, t in zip(splan.segments, tables))
+    return StackedNetwork(splan, mesh, *_put_by_model(mesh, splan.num_parts, values, tables),
+                          exchange_dtype=check_exchange_dtype(exchange_dtype), overlap=bool(overlap))
 
 
 EXCHANGE_DTYPES = ("float32", "bfloat16", "float16")
@@ -95,6 +107,9 @@ def local_segment(params, tables: StackedTables, x, i0, i1, *, rounds, cap, axis
         i0, i1: int32 scalars, ``0 <= i0 <= i1 <= S`` (traced: one program for every range).
         rounds: the segment's static exchange rounds.
 
+    With the segment's :class:`jaxsdnn.stacking.RemoteTables` in ``tables.remote`` each layer runs
+    :func:`overlapped_spmm` instead of assembling the extended input first.
+
     Returns:
         ``(y, bad)``: the activation after layer ``i1`` and the number of non-finite
         pre-activations on the way (int32).
@@ -103,15 +118,36 @@ def local_segment(params, tables: StackedTables, x, i0, i1, *, rounds, cap, axis
     def layer(i, carry):
         x, bad = carry
         pick = functools.partial(jax.lax.dynamic_index_in_dim, index=i, axis=0, keepdims=False)
-        xext = _exchange(x, [pick(s) for s in tables.send], rounds, axis, exchange_dtype)
-        z = pad_to(kernels.bucketed_spmm(
-            xext, [pick(i) for i in tables.index], [pick(w) for w in params["w"]], [pick(g) for g in tables.group_cols]
-        ), x.shape[0]) + pick(params["b"])[:, None]
+        index, w, gc = [pick(a) for a in tables.index], [pick(a) for a in params["w"]], [pick(a) for a in tables.group_cols]
+        if tables.remote is None or not rounds:
+            xext = _exchange(x, [pick(s) for s in tables.send], rounds, axis, exchange_dtype)
+            z = kernels.bucketed_spmm(xext, index, w, gc)
+        else:
+            z = overlapped_spmm(x, [pick(s) for s in tables.send], rounds, index, w, gc,
+                                jax.tree.map(pick, tables.remote), axis, exchange_dtype)
+        z = pad_to(z, x.shape[0]) + pick(params["b"])[:, None]
         # checked before the cap, which would turn an overflow (inf) into a plausible 32
         return kernels.activation(z, cap), bad + jnp.sum(~jnp.isfinite(z), dtype=jnp.int32)
 
     none = jnp.sum(x[:0, :0] != 0, dtype=jnp.int32)  # 0, typed like x (varying over the mesh axes)
     return jax.lax.fori_loop(i0, i1, layer, (x, none))
+
+
+def overlapped_spmm(x, sends, rounds, index, w, group_cols, remote: RemoteTables, axis=MODEL_AXIS, exchange_dtype=None):
+    """One layer's product with its exchange overlapped: ``bucketed_spmm`` of the extended input.
+
+    The buckets first run on the device's own rows ``x`` alone (a slot that reads a received row
+    reads out of range, so 0): that needs nothing from the exchange, so the backend can run it
+    while the rounds are in flight. The edges that read a received entry (``remote``, one layer's
+    :class:`jaxsdnn.stacking.RemoteTables`) are then added, a gather and a scatter-add over those
+    edges only. No extended input is assembled.
+    """
+    x, recv = _send_receive(x, sends, rounds, axis, exchange_dtype)
+    recv = recv[0] if len(recv) == 1 else jnp.concatenate(recv, axis=0)
+    own = jax.lax.optimization_barrier(kernels.bucketed_spmm(x, index, w, group_cols))
+    wflat = jnp.concatenate([a.reshape(-1) for a in w])
+    value = jnp.take(wflat, remote.wpos, mode="fill", fill_value=0)
+    return own.at[remote.row].add(value[:, None] * kernels.gather_rows(recv, remote.src), mode="drop")
 
 
 def pad_to(z, n_rows: int):

@@ -161,25 +161,38 @@ def put_labels(sn: ShardedNetwork, labels: np.ndarray) -> jax.Array:
 # ----------------------------------------------------------------------------------------------
 # per-device functions (what runs inside shard_map; also the single-device engine)
 # ----------------------------------------------------------------------------------------------
-def _exchange(x_prev, sends, rounds, axis, dtype=None):
-    """Extended input: own rows, then what each round brings (``[n_ext, batch]``).
+def _send_receive(x_prev, sends, rounds, axis, dtype=None):
+    """The exchange's rounds: ``(x_prev, received)``, ``received[r]`` what round ``r`` brings.
 
     ``sends[r]`` are the local rows sent in round ``r`` (``LayerTables.send`` or one layer of
     ``StackedTables.send``), ``rounds[r]`` its static ``(source, destination)`` pairs. With
     ``dtype`` (for example ``jnp.bfloat16``) the sent rows travel in that type and are widened
-    back on arrival: fewer bytes, the received entries rounded to it.
+    back on arrival: fewer bytes, the received entries rounded to it. The returned ``x_prev`` is
+    the one to compute with (behind the barrier below).
     """
-    if not rounds:
-        return x_prev
     # Materialise the layer output once: without the barrier XLA fuses the previous layer's
     # whole spmm into both the send gathers and the concatenation (measured 8x slower).
     x_prev = jax.lax.optimization_barrier(x_prev)
     narrow = (lambda a: a) if dtype is None or jnp.dtype(dtype) == x_prev.dtype else (lambda a: a.astype(dtype))
-    recv = [
+    return x_prev, [
         jax.lax.ppermute(narrow(kernels.gather_rows(x_prev, send)), axis, pairs).astype(x_prev.dtype)
         for send, pairs in zip(sends, rounds)
     ]
-    return jax.lax.optimization_barrier(jnp.concatenate([x_prev, *recv], axis=0)) if recv else x_prev
+
+
+def _received(x_prev, sends, rounds, axis, dtype=None):
+    """What the rounds bring, concatenated in round order: ``[n_ext - n_rows, batch]``."""
+    recv = _send_receive(x_prev, sends, rounds, axis, dtype)[1]
+    return recv[0] if len(recv) == 1 else jnp.concatenate(recv, axis=0)
+
+
+def _exchange(x_prev, sends, rounds, axis, dtype=None):
+    """Extended input: own rows, then what each round brings (``[n_ext, batch]``; see
+    :func:`_send_receive`)."""
+    if not rounds:
+        return x_prev
+    x_prev, recv = _send_receive(x_prev, sends, rounds, axis, dtype)
+    return jax.lax.optimization_barrier(jnp.concatenate([x_prev, *recv], axis=0))
 
 
 def _return_partials(dxext, n_prev, t: LayerTables, rounds, axis):

@@ -36,8 +36,8 @@ import numpy as np
 
 from jaxsdnn.plan import Plan, schedule_rounds
 
-__all__ = ["DEEP_MAX_PADDING", "SHALLOW_LAYERS", "Segment", "StackedPlan", "StackedTables", "TransposedTables",
-           "stack_plan", "stack_values", "transposed_tables", "unstack_values"]
+__all__ = ["DEEP_MAX_PADDING", "SHALLOW_LAYERS", "RemoteTables", "Segment", "StackedPlan", "StackedTables",
+           "TransposedTables", "remote_tables", "stack_plan", "stack_values", "transposed_tables", "unstack_values"]
 
 
 SHALLOW_LAYERS = 16
@@ -59,11 +59,35 @@ class StackedTables:
         group_cols: per bucket, ``[P, S, G_b, width_b]`` int32: the shared inputs of each slot of a
             grouped bucket (see :class:`jaxsdnn.plan.LayerTables`), sentinel ``n_ext``;
             ``[P, S, 0, width_b]`` for an ungrouped bucket.
+        remote: None, or the segment's :class:`RemoteTables` (the overlapped exchange).
     """
 
     index: tuple[np.ndarray, ...]
     send: tuple[np.ndarray, ...]
     group_cols: tuple[np.ndarray, ...]
+    remote: RemoteTables | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RemoteTables:
+    """The edges of one segment that read a *received* entry, as a list (leading ``[P, S]``).
+
+    With these a layer splits into the product over its own rows, which needs nothing from the
+    exchange and runs while it is in flight, and the received entries' contributions added after
+    (:func:`jaxsdnn.segments.local_segment` with ``overlap``). ``E`` is the most such edges of
+    any layer on any device; the rest is padding.
+
+    Attributes:
+        row: ``[P, S, E]`` int32: the output row (bucket rows concatenated); sentinel: their total.
+        src: ``[P, S, E]`` int32: the received entry read, as a row of the rounds' messages
+            concatenated (extended-input row minus ``n_rows``); sentinel ``n_ext - n_rows``.
+        wpos: ``[P, S, E]`` int32: the edge's weight, a position in the layer's buckets raveled
+            and concatenated; sentinel: their total size.
+    """
+
+    row: np.ndarray
+    src: np.ndarray
+    wpos: np.ndarray
 
 
 @dataclasses.dataclass(frozen=True)
@@ -394,3 +418,25 @@ def transposed_tables(seg: Segment, t: StackedTables) -> TransposedTables:
     else:
         back = np.zeros((P, S, n_rows, 0), np.int32)
     return TransposedTables(rev_row, rev_w, fold, back)
+
+
+def remote_tables(seg: Segment, t: StackedTables) -> RemoteTables:
+    """The :class:`RemoteTables` of one segment: every slot whose extended-input row is received."""
+    n_ext, n_rows = seg.n_ext, seg.n_rows
+    P, S = t.index[0].shape[:2]
+    rows = [i.shape[2] for i in t.index]
+    row_off = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
+    w_off = np.concatenate([[0], np.cumsum([i.shape[2] * i.shape[3] for i in t.index])]).astype(np.int64)
+    e = np.concatenate([i.reshape(P, S, -1).astype(np.int64) for i in t.index], axis=2)
+    row = np.concatenate([np.broadcast_to(row_off[b] + np.repeat(np.arange(i.shape[2]), i.shape[3]), (P, S, i[0, 0].size))
+                          for b, i in enumerate(t.index)], axis=2)
+    wpos = np.broadcast_to(np.arange(w_off[-1]), (P, S, int(w_off[-1])))
+    got = (e >= n_rows) & (e < n_ext)
+    E = int(got.sum(axis=2).max()) if got.size else 0
+    out = [np.full((P, S, E), fill, dtype=np.int32) for fill in (row_off[-1], n_ext - n_rows, w_off[-1])]
+    p, s, _ = np.nonzero(got)  # row-major: the edges of each (device, layer) in slot order
+    counts = got.sum(axis=2).reshape(-1)
+    slot = np.arange(p.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    for o, v in zip(out, (row[got], e[got] - n_rows, wpos[got])):
+        o[p, s, slot] = v
+    return RemoteTables(*out)

@@ -49,14 +49,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_config(cfg: dict, common: list, workdir: str, cores: int) -> dict:
+def run_config(cfg: dict, common: list, workdir: str, cores: int, passes: int) -> dict:
     """Runs one configuration; returns process 0's JSON."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", JAXSDNN_COMPILE_CACHE="off",  # compile times, not cache hits
                JAXSDNN_PARTITION_CACHE=os.path.join(workdir, "partitions"))
     n = cfg["processes"]
     out = os.path.join(workdir, f"cats-{cfg['name'].replace(' ', '_')}.tsv")
     base = [sys.executable, "-m", "jaxsdnn.cli", "infer", *common, "--out", out, "--json",
-            "--exchange-dtype", cfg["dtype"]]
+            "--exchange-dtype", cfg["dtype"], "--repeats", str(passes)] + (["--overlap"] if cfg.get("overlap") else [])
     if n == 1:
         cmd = (["taskset", "-c", "0"] if cfg["pinned"] else []) + base
         procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
@@ -76,13 +76,89 @@ def run_config(cfg: dict, common: list, workdir: str, cores: int) -> dict:
     return json.loads(outs[0][0].strip().splitlines()[-1])
 
 
+PING_SIZES = (1, 256, 4096, 65536, 262144, 1048576)  # float32 entries per message
+
+
+def pingpong_worker(pid: int, port: int, n: int) -> None:
+    """One of ``n`` pinned processes timing ``ppermute`` rounds (a ring) of each size; process 0
+    prints ``{"bytes": [...], "seconds": [...]}`` (median seconds per round)."""
+    import time
+
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=n, process_id=pid)
+    import jax.numpy as jnp
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as Spec
+
+    mesh = Mesh(np.array(jax.devices()), ("m",))
+    pairs = [(i, (i + 1) % n) for i in range(n)]
+    out = {"bytes": [], "seconds": []}
+    for m in PING_SIZES:
+        rounds = int(np.clip(2e7 // (m * 4 + 4e4), 20, 400))
+
+        def body(x, rounds=rounds):
+            return jax.lax.fori_loop(0, rounds, lambda i, y: jax.lax.ppermute(y, "m", pairs) * jnp.float32(1.0), x)
+
+        f = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=Spec("m"), out_specs=Spec("m")))
+        host = np.ones(n * m, np.float32)
+        x = jax.make_array_from_callback(host.shape, NamedSharding(mesh, Spec("m")), lambda i: host[i])
+        jax.block_until_ready(f(x))
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            jax.block_until_ready(f(x))
+            times.append((time.perf_counter() - t0) / rounds)
+        out["bytes"].append(4 * m)
+        out["seconds"].append(float(np.median(times)))
+    if pid == 0:
+        print(json.dumps(out))
+
+
+def pingpong(n: int, cores: int) -> dict:
+    """Runs :func:`pingpong_worker` as ``n`` processes pinned like the benchmark's; fits
+    ``seconds per round = latency + bytes / bandwidth`` (least squares) and returns both."""
+    port = _free_port()
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    procs = [subprocess.Popen(["taskset", "-c", str(pid % cores), sys.executable, os.path.abspath(__file__),
+                               "--pingpong-worker", str(pid), str(port), str(n)], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for pid in range(n)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, e) in zip(procs, outs):
+        if p.returncode != 0:
+            raise SystemExit(f"ping-pong: exit {p.returncode}: {e.strip().splitlines()[-1] if e.strip() else ''}")
+    res = json.loads(outs[0][0].strip().splitlines()[-1])
+    slope, intercept = np.polyfit(np.asarray(res["bytes"], float), np.asarray(res["seconds"], float), 1)
+    res["latency"] = float(max(intercept, 0.0))
+    res["bandwidth"] = float(1.0 / slope) if slope > 0 else float("inf")
+    return res
+
+
+def predict(one_core_s: float, run: dict, n: int, size: int, net: dict) -> float:
+    """The latency / bandwidth model (:mod:`jaxsdnn.scaling`, no overlap) for one ``n``-process
+    run, from what that run counted: the 1-core time divided by ``n`` (the partitions balance
+    every layer's edges), plus every exchange round's latency, plus the bytes one process sends
+    (each round's message, padding included: ``exchanged_entries / n``) over the bandwidth."""
+    return (one_core_s / n + run["exchange_rounds_run"] * net["latency"]
+            + run["exchanged_entries"] / n * size / net["bandwidth"])
+
+
 def main() -> None:
+    if len(sys.argv) == 5 and sys.argv[1] == "--pingpong-worker":
+        pingpong_worker(*map(int, sys.argv[2:]))
+        return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, default=120)
     ap.add_argument("--stack", type=int, default=10, help="copies of the 1200-image subset")
     ap.add_argument("--processes", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3, help="alternating rounds over the configurations")
+    ap.add_argument("--passes", type=int, default=3,
+                    help="timed passes per run after the compiling one (`jaxsdnn infer --repeats`); their median "
+                         "is the run's time")
     ap.add_argument("--out", default="bench_out")
+    ap.add_argument("--only", nargs="*", default=None,
+                    help="run only the configurations whose names contain one of these (and the 1-core baseline)")
     args = ap.parse_args()
     cores = os.cpu_count() or 1
     workdir = tempfile.mkdtemp(prefix="jaxsdnn-mp-")
@@ -96,16 +172,28 @@ def main() -> None:
         {"name": f"1 process, {cores} cores", "processes": 1, "pinned": False, "method": None, "dtype": "float32"},
         {"name": f"{N} processes, kahypar", "processes": N, "method": "kahypar", "dtype": "float32"},
         {"name": f"{N} processes, random", "processes": N, "method": "random", "dtype": "float32"},
+        {"name": f"{N} processes, kahypar, overlapped", "processes": N, "method": "kahypar", "dtype": "float32",
+         "overlap": True},
+        {"name": f"{N} processes, random, overlapped", "processes": N, "method": "random", "dtype": "float32",
+         "overlap": True},
         {"name": f"{N} processes, kahypar, bfloat16 exchange", "processes": N, "method": "kahypar",
          "dtype": "bfloat16"},
+        {"name": f"{N} processes, kahypar, overlapped, bfloat16", "processes": N, "method": "kahypar",
+         "dtype": "bfloat16", "overlap": True},
     ]
+    if args.only:
+        configs = [configs[0]] + [c for c in configs[1:] if any(o in c["name"] for o in args.only)]
     runs = {c["name"]: [] for c in configs}
+    pings = [pingpong(N, cores)]
     for r in range(args.repeats):
         for c in configs:
-            res = run_config(c, common, workdir, cores)
+            res = run_config(c, common, workdir, cores, args.passes)
             runs[c["name"]].append(res)
             print(f"round {r + 1}: {c['name']}: {res['seconds']:.2f} s (compile {res['compile_seconds']:.1f} s)",
                   flush=True)
+    pings.append(pingpong(N, cores))
+    net = {"latency": float(np.median([p["latency"] for p in pings])),
+           "bandwidth": float(np.median([p["bandwidth"] for p in pings]))}
     base = np.median([x["seconds"] for x in runs[configs[0]["name"]]])
     base_compile = np.median([x["compile_seconds"] for x in runs[configs[0]["name"]]])
     rows = []
@@ -115,20 +203,35 @@ def main() -> None:
         vol = xs[0].get("volume_per_sample", 0) or 0
         size = 2 if c["dtype"] != "float32" else 4
         share = 1 - base / (c["processes"] * t) if c["processes"] > 1 else None
+        pred = predict(base, xs[0], c["processes"], size, net) if c["processes"] > 1 else None
         rows.append({"config": c["name"], "seconds": [x["seconds"] for x in xs], "median_s": t, "speedup": base / t,
                      "compile_s": float(np.median([x["compile_seconds"] for x in xs])),
                      "compile_ratio": float(np.median([x["compile_seconds"] for x in xs])) / base_compile,
-                     "bytes_per_image": vol * size, "rounds": xs[0].get("rounds"), "exchange_share": share})
+                     "bytes_per_image": vol * size, "rounds": xs[0].get("rounds"), "exchange_share": share,
+                     "rounds_run": xs[0]["exchange_rounds_run"], "exchanged_entries": xs[0]["exchanged_entries"],
+                     "predicted_s": pred, "model_error": None if pred is None else pred / t - 1})
     info = (f"machine: {platform.machine()}, {cores} cpus; network 1024 x {args.layers}, "
             f"{images.shape[0] * args.stack} images; medians of {args.repeats} alternating rounds")
     lines = [info, "", "| configuration | seconds (runs) | median s | speed-up vs 1 core | compile s (x 1 process) "
-             "| bytes / image | exchange share |", "|---|---|---|---|---|---|---|"]
+             "| bytes / image | rounds run | MB sent / process | exchange share | model s (error) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         share = "-" if r["exchange_share"] is None else f"{100 * r['exchange_share']:.0f} %"
+        n = next(c["processes"] for c in configs if c["name"] == r["config"])
+        size = 2 if "bfloat16" in r["config"] else 4
+        model = "-" if r["predicted_s"] is None else f"{r['predicted_s']:.2f} ({100 * r['model_error']:+.0f} %)"
         lines.append(f"| {r['config']} | {', '.join(f'{s:.2f}' for s in r['seconds'])} | {r['median_s']:.2f} | "
                      f"{r['speedup']:.2f}x | {r['compile_s']:.1f} ({r['compile_ratio']:.2f}x) | "
-                     f"{r['bytes_per_image']:,} | {share} |")
-    write_report(args.out, "bench_multiprocess", "\n".join(lines), rows)
+                     f"{r['bytes_per_image']:,} | {r['rounds_run']} | {r['exchanged_entries'] / n * size / 1e6:.1f} | "
+                     f"{share} | {model} |")
+    lines += ["", f"Ping-pong ({N} pinned processes, a ring of `ppermute` rounds; median seconds per round), "
+              f"fit `latency + bytes / bandwidth`: latency {1e6 * net['latency']:.0f} us, bandwidth "
+              f"{net['bandwidth'] / 1e6:.0f} MB/s", "", "| bytes | " + " | ".join(f"{b:,}" for b in pings[0]["bytes"]) + " |",
+              "|---|" + "---|" * len(pings[0]["bytes"])]
+    for i, p in enumerate(pings):
+        lines.append(f"| us per round ({'before' if i == 0 else 'after'}) | "
+                     + " | ".join(f"{1e6 * t:.0f}" for t in p["seconds"]) + " |")
+    write_report(args.out, "bench_multiprocess", "\n".join(lines), {"rows": rows, "pingpong": pings, "model": net})
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_two_processes_match_one(tmp_path):
+@pytest.mark.parametrize("extra", [[], ["--overlap", "--repeats", "2"]], ids=["plain", "overlapped"])
+def test_two_processes_match_one(tmp_path, extra):
     layers = 8
     port = _free_port()
     procs = []
@@ -31,7 +32,7 @@ def test_two_processes_match_one(tmp_path):
         cmd = [sys.executable, "-m", "jaxsdnn.cli", "infer", "--network", NETWORK, "--layers", str(layers),
                "--images", IMAGES, "--out", str(tmp_path / f"cats{pid}.tsv"), "--scores", str(tmp_path / f"s{pid}.npz"),
                "--devices", "2", "--data-parallel", "2", "--method", "kahypar", "--coordinator", f"127.0.0.1:{port}",
-               "--num-processes", "2", "--process-id", str(pid), "--init-timeout", "60"]
+               "--num-processes", "2", "--process-id", str(pid), "--init-timeout", "60", *extra]
         env = dict(os.environ, JAX_PLATFORMS="cpu")
         procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outs = [p.communicate(timeout=300) for p in procs]
