@@ -76,8 +76,12 @@ class InferenceResult:
 
 
 def to_host(y) -> np.ndarray:
-    """A (possibly multi-host) global array as one host array on every process."""
-    if jax.process_count() > 1:
+    """A (possibly multi-host) global array as one host array on every process.
+
+    A replicated array (the alive counts without a data axis) is read from a local copy; only
+    one split over processes is gathered, which is a collective.
+    """
+    if jax.process_count() > 1 and not y.is_fully_replicated:
         return np.asarray(multihost_utils.process_allgather(y, tiled=True))
     return np.asarray(jax.device_get(y))
 
