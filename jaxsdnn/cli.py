@@ -718,8 +718,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="time this many passes after the first (compiling) one and report their median; 1 (the "
                         "default) times the first pass less its compilation")
     i.add_argument("--overlap", action="store_true",
-                   help="compute each layer's own-input product while its exchange is in flight (see BENCHMARKS.md "
-                        "for where this is faster)")
+                   help="compute each layer's own-input product while its exchange is in flight (measured slower on "
+                        "the challenge network, where half the edges read received entries; see BENCHMARKS.md)")
     i.add_argument("--scores", default=None,
                    help="save the survivors' last-layer activations, sparse: FILE.npz (scipy.sparse.save_npz of "
                         "the [images, n_L] CSR matrix) or any other name for image<TAB>neuron<TAB>value lines "

@@ -297,7 +297,7 @@ def run_inference(
             BENCHMARKS.md for the measured error and categories.
         overlap: each layer computes its own rows' product while its exchange is in flight
             (:func:`jaxsdnn.segments.overlapped_spmm`); equal to the plain order up to float32
-            rounding. See BENCHMARKS.md for where it is faster.
+            rounding. Measured slower on the challenge network (BENCHMARKS.md, "Real processes").
     """
     segments.check_exchange_dtype(exchange_dtype)
     images = _as_images(images, network.sizes[0])

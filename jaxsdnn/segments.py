@@ -11,6 +11,10 @@ Each chunk also returns, per sample, the number of nonzero activations summed ov
 (a ``psum`` of one int per sample, never the activations) and the count of non-finite values:
 what :mod:`jaxsdnn.engine` needs to drop dead samples and to stop on overflow.
 
+With ``overlap`` (:func:`shard_stacked`) a layer's product over the device's own rows does not
+wait for its exchange; the edges that read received entries are added after
+(:func:`overlapped_spmm`).
+
 Pytrees:
     params: per segment ``{"w": per bucket [P, S, rows_b, width_b], "b": [P, S, n_rows]}`` float32.
     tables: per segment a :class:`jaxsdnn.stacking.StackedTables` of int32 arrays.
@@ -33,7 +37,8 @@ from jaxsdnn.plan import layout_values
 from jaxsdnn.sharded import DATA_AXIS, MODEL_AXIS, _exchange, _global_array, _put_by_model, _send_receive
 from jaxsdnn.stacking import RemoteTables, StackedPlan, StackedTables, remote_tables, stack_values
 
-__all__ = ["StackedNetwork", "compact_columns", "overlapped_spmm", "insert_columns", "pad_rows", "put_activations", "scalar", "segment_chunk", "shard_stacked"]
+__all__ = ["StackedNetwork", "compact_columns", "insert_columns", "overlapped_spmm", "pad_rows", "put_activations", "scalar",
+           "segment_chunk", "shard_stacked"]
 
 jax.tree_util.register_dataclass(StackedTables, data_fields=["index", "send", "group_cols", "remote"], meta_fields=[])
 jax.tree_util.register_dataclass(RemoteTables, data_fields=["row", "src", "wpos"], meta_fields=[])
@@ -68,7 +73,7 @@ def shard_stacked(splan: StackedPlan, network, mesh: Mesh, exchange_dtype=None, 
     """Puts the stacked values and tables of ``network`` on ``mesh`` (model axis = partition).
 
     ``exchange_dtype``: activations cross devices in this type (None: float32), see
-    :func:`jaxsdnn.sharded._received`. ``overlap``: split each layer so that the exchange is in
+    :func:`jaxsdnn.sharded._send_receive`. ``overlap``: split each layer so that the exchange is in
     flight while the product over the device's own rows runs (see :func:`local_segment`); the
     results equal the plain order's up to float32 rounding (the two halves are summed apart).
     """

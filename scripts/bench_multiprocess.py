@@ -9,13 +9,18 @@ alternate over ``--repeats`` rounds; the table gives medians. The configurations
 * ``N processes x 1 core``: process ``i`` pinned to core ``i``, one device each, ``--devices N``,
   with a kahypar or random partition, the exchange in float32 or bfloat16.
 
-``seconds`` is the CLI's own timing (the batched run without compilation, on process 0);
-``compile`` its compile time. ``bytes/image`` is what the plan sends per image (entries times the
+``seconds`` is the CLI's own timing on process 0: the median of ``--passes`` passes after the
+compiling one (``jaxsdnn infer --repeats``); ``compile`` its compile time. Overlapped
+configurations run ``infer --overlap``. ``rounds run`` and ``MB sent`` are what the engine counted
+(``exchange_rounds_run``, ``exchanged_entries``). Before and after the rounds a ping-pong (a ring of
+``ppermute`` rounds between the same pinned processes) is fitted to ``latency + bytes / bandwidth``,
+and ``model s`` is :func:`predict`'s time for the run with those two numbers, next to its error. ``bytes/image`` is what the plan sends per image (entries times the
 exchange type's size); ``exchange share`` is ``1 - t(1 process, 1 core) / (N t(N processes))``,
 the part of the N-process time that perfect division of the work would not explain.
 
-    python scripts/bench_multiprocess.py                 # about 10 minutes on 2 cores
+    python scripts/bench_multiprocess.py                 # about 12 minutes on 2 cores
     python scripts/bench_multiprocess.py --stack 2 --repeats 1 --layers 24   # a quick look
+    python scripts/bench_multiprocess.py --only kahypar                      # kahypar rows only
 """
 
 from __future__ import annotations
