@@ -140,6 +140,67 @@ def pingpong(n: int, cores: int) -> dict:
     return res
 
 
+def train_worker(pid: int, port: int, n: int, method: str, layers: int, batch: int, steps: int) -> None:
+    """One of ``n`` processes (``n = 1``: no ``jax.distributed``) timing the public training step
+    (``jax.value_and_grad`` of softmax cross-entropy through ``jaxsdnn.apply``, then an optax adam
+    update) on the real network with a 32-class head; process 0 prints the median step seconds
+    and the compile seconds as JSON."""
+    import time
+
+    import jax
+
+    if n > 1:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=n, process_id=pid)
+    import optax
+
+    import jaxsdnn
+    from jaxsdnn import losses, models, partition_cache, plan, sharded
+
+    net = models.graphchallenge_mlp(os.path.join(GC, "neuron1024"), layers, num_classes=32)
+    images = io.read_images(os.path.join(GC, "sparse-images-1024_subset.mtx"), num_features=1024)
+    x = np.asarray(images[:batch].toarray(), np.float32)
+    y = np.random.default_rng(0).integers(0, 32, batch).astype(np.int32)
+    parts = plan.parts_single_device(net) if n == 1 else partition_cache.cached_partition(net, n, method=method)[0]
+    model, params = jaxsdnn.shard_model(net, parts, sharded.make_mesh(n, 1))
+    xs, ys = jaxsdnn.shard_batch(model, x, y)
+    opt = optax.adam(1e-3)
+    state = jax.jit(opt.init)(params)
+
+    @jax.jit
+    def step(model, params, state, x, y):  # the model is an argument: its tables span every process
+        loss, grads = jax.value_and_grad(lambda p: losses.softmax_cross_entropy(jaxsdnn.apply(model, p, x), y))(params)
+        updates, state = opt.update(grads, state, params)
+        return optax.apply_updates(params, updates), state, loss
+
+    t0 = time.perf_counter()
+    jax.block_until_ready(step(model, params, state, xs, ys))
+    compile_s = time.perf_counter() - t0
+    times = []
+    for _ in range(steps):  # the same inputs each time, as scripts/bench_api.py times a step
+        t0 = time.perf_counter()
+        jax.block_until_ready(step(model, params, state, xs, ys))
+        times.append(time.perf_counter() - t0)
+    if pid == 0:
+        print(json.dumps({"seconds": float(np.median(times)), "compile_seconds": compile_s}))
+
+
+def train_config(n: int, method: str, args, cores: int, workdir: str) -> dict:
+    port = _free_port()
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAXSDNN_PARTITION_CACHE=os.path.join(workdir, "partitions"))
+    procs = [subprocess.Popen(["taskset", "-c", str(pid % cores), sys.executable, os.path.abspath(__file__),
+                               "--train-worker", str(pid), str(port), str(n), method, str(args.layers),
+                               str(args.train_batch), str(args.train_steps)],
+                              cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for pid in range(n)]
+    outs = [p.communicate(timeout=1800) for p in procs]
+    for p, (_, e) in zip(procs, outs):
+        if p.returncode != 0:
+            raise SystemExit(f"training step, {n} processes: exit {p.returncode}: "
+                             f"{e.strip().splitlines()[-1] if e.strip() else ''}")
+    return json.loads(outs[0][0].strip().splitlines()[-1])
+
+
 def predict(one_core_s: float, run: dict, n: int, size: int, net: dict) -> float:
     """The latency / bandwidth model (:mod:`jaxsdnn.scaling`, no overlap) for one ``n``-process
     run, from what that run counted: the 1-core time divided by ``n`` (the partitions balance
@@ -153,6 +214,10 @@ def main() -> None:
     if len(sys.argv) == 5 and sys.argv[1] == "--pingpong-worker":
         pingpong_worker(*map(int, sys.argv[2:]))
         return
+    if len(sys.argv) == 9 and sys.argv[1] == "--train-worker":
+        a = sys.argv[2:]
+        train_worker(int(a[0]), int(a[1]), int(a[2]), a[3], int(a[4]), int(a[5]), int(a[6]))
+        return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, default=120)
     ap.add_argument("--stack", type=int, default=10, help="copies of the 1200-image subset")
@@ -162,6 +227,9 @@ def main() -> None:
                     help="timed passes per run after the compiling one (`jaxsdnn infer --repeats`); their median "
                          "is the run's time")
     ap.add_argument("--out", default="bench_out")
+    ap.add_argument("--train-batch", type=int, default=1000, help="samples per training step")
+    ap.add_argument("--train-steps", type=int, default=5, help="timed training steps per run")
+    ap.add_argument("--no-train", action="store_true", help="skip the training-step table")
     ap.add_argument("--only", nargs="*", default=None,
                     help="run only the configurations whose names contain one of these (and the 1-core baseline)")
     args = ap.parse_args()
@@ -236,7 +304,33 @@ def main() -> None:
     for i, p in enumerate(pings):
         lines.append(f"| us per round ({'before' if i == 0 else 'after'}) | "
                      + " | ".join(f"{1e6 * t:.0f}" for t in p["seconds"]) + " |")
-    write_report(args.out, "bench_multiprocess", "\n".join(lines), {"rows": rows, "pingpong": pings, "model": net})
+    train = {}
+    if not args.no_train:
+        tconfigs = [("1 process, 1 core", 1, "none"), (f"{N} processes, kahypar", N, "kahypar"),
+                    (f"{N} processes, random", N, "random")]
+        train = {name: [] for name, _, _ in tconfigs}
+        for r in range(args.repeats):
+            for name, n, method in tconfigs:
+                res = train_config(n, method, args, cores, workdir)
+                train[name].append(res)
+                print(f"round {r + 1}: training step, {name}: {res['seconds']:.3f} s (compile "
+                      f"{res['compile_seconds']:.1f} s)", flush=True)
+        t1 = float(np.median([x["seconds"] for x in train[tconfigs[0][0]]]))
+        c1 = float(np.median([x["compile_seconds"] for x in train[tconfigs[0][0]]]))
+        lines += ["", f"One training step (`jax.value_and_grad` through `jaxsdnn.apply`, softmax cross-entropy, "
+                  f"adam; batch {args.train_batch}, {args.layers} layers + a 32-class head; median of "
+                  f"{args.train_steps} steps per run, medians over {args.repeats} rounds):", "",
+                  "| configuration | step s (runs) | median s | speed-up vs 1 core | compile s (x 1 process) |",
+                  "|---|---|---|---|---|"]
+        for name, _, _ in tconfigs:
+            xs = train[name]
+            t = float(np.median([x["seconds"] for x in xs]))
+            c = float(np.median([x["compile_seconds"] for x in xs]))
+            runs = ", ".join(f"{x['seconds']:.3f}" for x in xs)
+            lines.append(f"| {name} | {runs} | {t:.3f} | {t1 / t:.2f}x | "
+                         f"{c:.1f} ({c / c1:.2f}x) |")
+    write_report(args.out, "bench_multiprocess", "\n".join(lines),
+                 {"rows": rows, "pingpong": pings, "model": net, "train": train})
 
 
 if __name__ == "__main__":
