@@ -9,8 +9,7 @@ Forward: each layer exchanges (``ppermute`` rounds of the segment's schedule), m
 buckets and applies the ReLU; with ``keep`` a rolled scan carries the residuals, one stack of
 every layer's extended input and the piece's output, written in place (an unrolled piece returns
 the extended inputs and its output). Reverse: a reversed scan over the same tables; per layer
-the weight gradients
-(:func:`jaxsdnn.kernels.sampled_dense_dense`, or the grouped GEMM), ``W^T dz`` through the
+the weight gradients (:func:`jaxsdnn.kernels.sampled_dense_dense`, or the grouped GEMM), ``W^T dz`` through the
 :class:`jaxsdnn.stacking.TransposedTables` (gathers for ungrouped buckets, one batched GEMM and a
 fold for grouped ones) and the transposed exchange: each received row's partial sum goes back to
 its owner, which adds it into the row it sent. The ReLU's derivative is read off the layer's
@@ -83,7 +82,7 @@ def keeps_stack(piece: Piece) -> bool:
 
 
 def _unroll(piece: Piece):
-    return True if piece.i1 - piece.i0 <= UNROLL_LAYERS else 1
+    return 1 if keeps_stack(piece) else True
 
 
 def _slice(tree, i0, i1):

@@ -57,8 +57,8 @@ class StackedNetwork:
         tables: per segment, its :class:`StackedTables`, sharded over the model axis; with
             ``overlap`` they hold their :class:`jaxsdnn.stacking.RemoteTables`.
         exchange_dtype: the type activations cross devices in (None: float32).
-        overlap: whether each layer computes its own rows' product while the exchange is in
-            flight (:func:`local_segment`).
+        overlap: whether each layer's own-row product is free of its exchange, so that the
+            backend may run the two together (:func:`local_segment`).
     """
 
     splan: StackedPlan

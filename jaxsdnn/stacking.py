@@ -73,7 +73,7 @@ class RemoteTables:
     """The edges of one segment that read a *received* entry, as a list (leading ``[P, S]``).
 
     With these a layer splits into the product over its own rows, which needs nothing from the
-    exchange and runs while it is in flight, and the received entries' contributions added after
+    exchange and so may run while it is in flight (whether it does is the backend's choice), and the received entries' contributions added after
     (:func:`jaxsdnn.segments.local_segment` with ``overlap``). ``E`` is the most such edges of
     any layer on any device; the rest is padding.
 
