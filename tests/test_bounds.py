@@ -111,6 +111,17 @@ def test_device_chain_bound_below_real_partitions_and_tight_at_one_group_per_dev
     assert bounds.device_chain_bound(net, num_parts, max_inputs=96) >= bound
 
 
+def test_device_chain_bound_says_something_at_few_devices():
+    # every device carries what the other caps leave over, so a device cannot dodge the cost by
+    # holding one compute group: at P = 8 the bound was 0 before that floor
+    from jaxsdnn.io import read_network
+
+    net = read_network(os.path.join(GC_DIR, "neuron1024"), num_layers=12)
+    bound = bounds.device_chain_bound(net, 8)
+    volume = connectivity_volume(net, partition_mod.partition_network(net, 8, "kahypar", seed=0).parts)[0]
+    assert 0.3 * volume <= bound <= volume, (bound, volume)
+
+
 def test_class_preserving_bound_rejects_networks_it_does_not_cover():
     net = random_network([4, 6, 5], density=0.5, seed=3)
     with pytest.raises(ValueError, match="equal layer sizes"):
