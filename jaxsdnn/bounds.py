@@ -23,11 +23,12 @@ of layer ``k`` whose inputs total ``<= a_k`` shares with a union of read groups 
 ``<= a_{k+1}``, capped by how many neurons a device may hold. ``phi`` is bounded from above by a
 knapsack over connected sets of compute groups (each picking its own best read groups), so a
 shortest path over the states ``a_k`` (dynamic programming over layers) bounds one device's
-receives from below, and ``P`` times it bounds the volume. Every device also carries at least the load the other ``P - 1`` caps leave over,
-so states whose input sets cannot reach that load (:func:`_reachable`) are excluded; at ``P = 8``
-on the real 1024 x 120 network this lifts the bound from 0 to 68,632. It ignores that devices
-compete for the same groups, so it is loose where many devices fit in one group's reach (small ``P``) and tight
-where each device holds about one group (large ``P``). States above ``max_inputs`` are lumped,
+receives from below, and ``P`` times it bounds the volume. Every device also carries at least
+the load the other ``P - 1`` caps leave over, so states whose input sets cannot reach that load
+(:func:`_reachable`) are excluded; on the real 1024 x 120 network this lifts the bound at
+``P = 8`` from 0 to 68,632. It ignores that devices compete for the same groups, so it is loose
+where many devices fit in one group's reach (small ``P``) and tight where each device holds about
+one group (large ``P``). States above ``max_inputs`` are lumped,
 with the trivial overlap bound, so the result stays a valid bound for any ``max_inputs``.
 
 :func:`class_preserving_bound` is tighter but narrower: it holds for partitions in which no device
