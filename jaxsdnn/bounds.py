@@ -132,7 +132,9 @@ def _tracked(inputs: list, read_sizes: np.ndarray, max_inputs: int) -> tuple[int
         limit = max(limit // 2, smallest)
 
 
-def _reachable(supports: list, group_loads: np.ndarray, step: int, states: int, least: int) -> np.ndarray:
+def _reachable(
+    supports: list, group_loads: np.ndarray, step: int, states: int, least: int
+) -> np.ndarray:
     """``[states + 1]``: whether a device's ``|In(S^k)|`` can be ``s * step`` while it carries at
     least ``least`` load. ``S^k`` touches a set of compute groups whose connected parts are
     supports with disjoint inputs, so ``|In(S^k)|`` is the sum of their input totals and the load
@@ -176,7 +178,7 @@ def device_chain_bound(
         # neurons without inputs weigh nothing: a device may hold all of them besides its share
         most.append(int(w.size - positive.size) + per_device)
         # a device may hold nothing in this layer only if the others can carry all of it
-        may_be_empty.append((num_parts - 1) * cap >= int(w.sum()) and (num_parts - 1) * per_device >= positive.size)
+        may_be_empty.append(least[-1] == 0 and (num_parts - 1) * per_device >= positive.size)
     tables = [None] + [_group_inputs(network, k) for k in range(1, network.num_layers + 1)]
     if max_inputs is None:
         smallest_inputs = []

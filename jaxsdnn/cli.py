@@ -704,7 +704,8 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--no-cache", action="store_true", help="always partition, and store nothing")
     pa.add_argument("--no-contract", action="store_true",
                     help="give the tool every neuron, not chunks of identical-input neurons")
-    pa.add_argument("--no-bound", action="store_true", help="skip the lower bound (7-25 s on 1024 x 120, a minute on a 4096 x 24 RadiX-Net)")
+    pa.add_argument("--no-bound", action="store_true",
+                    help="skip the lower bound (7-25 s on 1024 x 120, a minute on a 4096 x 24 RadiX-Net)")
 
     i = sub.add_parser("infer", help="run inference and write the categories")
     network_args(i)

@@ -9,10 +9,10 @@ Forward: each layer exchanges (``ppermute`` rounds of the segment's schedule), m
 buckets and applies the ReLU; with ``keep`` a rolled scan carries the residuals, one stack of
 every layer's extended input and the piece's output, written in place (an unrolled piece returns
 the extended inputs and its output). Reverse: a reversed scan over the same tables; per layer
-the weight gradients (:func:`jaxsdnn.kernels.sampled_dense_dense`, or the grouped GEMM), ``W^T dz`` through the
-:class:`jaxsdnn.stacking.TransposedTables` (gathers for ungrouped buckets, one batched GEMM and a
-fold for grouped ones) and the transposed exchange: each received row's partial sum goes back to
-its owner, which adds it into the row it sent. The ReLU's derivative is read off the layer's
+the weight gradients (:func:`jaxsdnn.kernels.sampled_dense_dense`, or the grouped GEMM), ``W^T dz``
+through the :class:`jaxsdnn.stacking.TransposedTables` (gathers for ungrouped buckets, one batched
+GEMM and a fold for grouped ones) and the transposed exchange: each received row's partial sum goes
+back to its owner, which adds it into the row it sent. The ReLU's derivative is read off the layer's
 output ``y = clip(z, 0, cap)`` (the own rows of the next layer's extended input): 1 where
 ``0 < y < cap``, so 0 at the ties ``z == 0`` and ``z == cap``, exactly as ``jax.nn.relu``.
 Nothing but the extended inputs and the output is kept.

@@ -72,10 +72,10 @@ class StackedTables:
 class RemoteTables:
     """The edges of one segment that read a *received* entry, as a list (leading ``[P, S]``).
 
-    With these a layer splits into the product over its own rows, which needs nothing from the
-    exchange and so may run while it is in flight (whether it does is the backend's choice), and the received entries' contributions added after
-    (:func:`jaxsdnn.segments.local_segment` with ``overlap``). ``E`` is the most such edges of
-    any layer on any device; the rest is padding.
+    With these a layer splits into the product over its own rows, which needs nothing from the exchange
+    and so may run while it is in flight (whether it does is the backend's choice), and the received
+    entries' contributions added after (:func:`jaxsdnn.segments.local_segment` with ``overlap``).
+    ``E`` is the most such edges of any layer on any device; the rest is padding.
 
     Attributes:
         row: ``[P, S, E]`` int32: the output row (bucket rows concatenated); sentinel: their total.
