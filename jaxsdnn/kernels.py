@@ -142,8 +142,8 @@ def grouped_transposed_spmm(dz: jax.Array, value: jax.Array, groups: int) -> jax
     """
     rows, width = value.shape
     R = rows // groups
-    return jnp.einsum("grw,grb->gwb", value.reshape(groups, R, width),
-                      dz.reshape(groups, R, dz.shape[1])).reshape(groups * width, dz.shape[1])
+    vt = jax.lax.optimization_barrier(jnp.swapaxes(value.reshape(groups, R, width), 1, 2))
+    return jnp.einsum("gwr,grb->gwb", vt, dz.reshape(groups, R, dz.shape[1])).reshape(groups * width, dz.shape[1])
 
 
 def fold_rows(x: jax.Array, fold: jax.Array) -> jax.Array:
@@ -240,6 +240,8 @@ def grouped_sampled_dense_dense(dz: jax.Array, x: jax.Array, group_cols: jax.Arr
     """
     G, width = group_cols.shape
     rows, batch = dz.shape
+    if G == 1:  # one dense block (a dense head): a plain GEMM
+        return jnp.einsum("rb,wb->rw", dz, jnp.take(x, group_cols[0], axis=0, mode="fill", fill_value=0))
     R = rows // G
     blk = int(min(G, max(1, SLOT_BLOCK_BYTES // max(1, width * batch * dz.dtype.itemsize))))
     nb = -(-G // blk)

@@ -134,7 +134,9 @@ def piece_forward(x, params, tables, row_ids, piece: Piece, seg: Segment, *, cap
         return y, ((xexts, None if piece.linear else y) if keep else None), nnz
 
     n, length = x.shape[0], piece.i1 - piece.i0
-    stack = jnp.zeros((length + 1, seg.n_ext, x.shape[1]), x.dtype).at[0, :n].set(x)
+    # written by dynamic_update_slice, not ``.at[].set``: XLA's scatter filled the challenge's
+    # [121, n_ext, 1000] stack 3x slower than the zero fill itself
+    stack = jax.lax.dynamic_update_slice(jnp.zeros((length + 1, seg.n_ext, x.shape[1]), x.dtype), x[None], (0, 0, 0))
 
     def kept(stack, layer):
         (t, w, b, ids), i = layer
@@ -149,20 +151,29 @@ def piece_forward(x, params, tables, row_ids, piece: Piece, seg: Segment, *, cap
     return stack[length, :n], stack, nnz
 
 
-def _transposed(dz, w, tt, t):
+def _by_bucket(dz, t):
+    """``dz``'s rows of each forward bucket, materialised once for the weight gradients and the
+    transposed product (each slicing for itself copied them twice: 3 % of a 4-device challenge
+    step)."""
+    offs = [0]
+    for idx in t.index:
+        offs.append(offs[-1] + idx.shape[0])
+    if len(t.index) == 1 and offs[1] == dz.shape[0]:
+        return (dz,)
+    return jax.lax.optimization_barrier(tuple(dz[a:b] for a, b in zip(offs[:-1], offs[1:])))
+
+
+def _transposed(dz, dzs, w, tt, t):
     """``W^T dz`` ``[n_ext, batch]`` of one layer: gathers for ungrouped buckets, a batched GEMM
-    and a fold for grouped ones (``tt``: the layer's :class:`~jaxsdnn.stacking.TransposedTables`)."""
+    and a fold for grouped ones (``tt``: the layer's :class:`~jaxsdnn.stacking.TransposedTables`;
+    ``dzs``: :func:`_by_bucket` of ``dz``)."""
     out = None
     if tt.rev_row.shape[1]:
         wflat = jnp.concatenate([a.reshape(-1) for a in w])
         out = kernels.padded_spmm(dz, tt.rev_row, jnp.take(wflat, tt.rev_w, mode="fill", fill_value=0))
     if tt.fold.shape[1]:
-        offs, parts = 0, []
-        for wb, gc in zip(w, t.group_cols):
-            rows = wb.shape[0]
-            if gc.shape[0]:
-                parts.append(kernels.grouped_transposed_spmm(dz[offs : offs + rows], wb, gc.shape[0]))
-            offs += rows
+        parts = [kernels.grouped_transposed_spmm(d, wb, gc.shape[0])
+                 for d, wb, gc in zip(dzs, w, t.group_cols) if gc.shape[0]]
         folded = kernels.fold_rows(jnp.concatenate(parts, axis=0) if len(parts) > 1 else parts[0], tt.fold)
         out = folded if out is None else out + folded
     if out is None:  # a layer without stored edges: nothing flows back (typed like dz)
@@ -183,15 +194,9 @@ def _return_partials(dxext, n_rows, back, sends, rounds):
     return dxext[:n_rows] + kernels.fold_rows(jnp.concatenate(returned, axis=0), back)
 
 
-def _weight_grads(dz, xext, t):
-    offs, out = 0, []
-    for idx, gc in zip(t.index, t.group_cols):
-        rows = idx.shape[0]
-        d = dz[offs : offs + rows]
-        out.append(kernels.grouped_sampled_dense_dense(d, xext, gc) if gc.shape[0]
-                   else kernels.sampled_dense_dense(d, xext, idx))
-        offs += rows
-    return tuple(out)
+def _weight_grads(dzs, xext, t):
+    return tuple(kernels.grouped_sampled_dense_dense(d, xext, gc) if gc.shape[0] else kernels.sampled_dense_dense(d, xext, idx)
+                 for d, idx, gc in zip(dzs, t.index, t.group_cols))
 
 
 def piece_backward(dy, res, params, tables, ttables, piece: Piece, seg: Segment, *, cap, want_dx: bool = True):
@@ -219,18 +224,27 @@ def piece_backward(dy, res, params, tables, ttables, piece: Piece, seg: Segment,
     def grads(dx, y, xext, t):
         """``dz`` and the layer's gradients; ``y``: its output (unused for a linear piece)."""
         dz = dx if piece.linear else jnp.where(kernels.activation_mask(y, cap, bool), dx, 0)
-        return dz, (_weight_grads(dz, xext, t), jnp.sum(dz, axis=1))
+        dzs = _by_bucket(dz, t)
+        return (dz, dzs), (_weight_grads(dzs, xext, t), jnp.sum(dz, axis=1))
 
     def back(dz, t, tt, w):
-        return _return_partials(_transposed(dz, w, tt, t), n, tt.back, t.send, seg.rounds)
+        return _return_partials(_transposed(*dz, w, tt, t), n, tt.back, t.send, seg.rounds)
 
     if keeps_stack(piece):
         stack = res
         at = (lambda j: jax.lax.dynamic_index_in_dim(stack, j, 0, keepdims=False))
+        flat, n_ext = stack.reshape(-1, stack.shape[2]), stack.shape[1]
+
+        def in_slot(t, i):
+            """``t`` reading slot ``i`` of the flattened stack (sentinels stay out of range): the
+            weight-gradient gathers read the stack in place, not a copy of the slot (measured 3 %
+            of a 4-device challenge step)."""
+            shift = (lambda a: jnp.where(a < n_ext, a + i * n_ext, flat.shape[0]))
+            return dataclasses.replace(t, index=tuple(map(shift, t.index)), group_cols=tuple(map(shift, t.group_cols)))
 
         def body(dx, layer):  # layer i reads slot i, its output is slot i + 1
             (t, tt, w), i = layer
-            dz, g = grads(dx, None if piece.linear else at(i + 1)[:n], at(i), t)
+            dz, g = grads(dx, None if piece.linear else at(i + 1)[:n], flat, in_slot(t, i))
             return back(dz, t, tt, w), g
 
         dx, (gw, gb) = jax.lax.scan(body, dy, (sl, jnp.arange(length)), reverse=True, unroll=_unroll(piece))

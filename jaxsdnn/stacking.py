@@ -153,12 +153,13 @@ class StackedPlan:
 # ----------------------------------------------------------------------------------------------
 MIN_GROUPED_RUN = 4
 """Grouped layers (:func:`jaxsdnn.kernels.grouped_spmm`) in a run shorter than this run ungrouped,
-so that a partition whose grouping flips from layer to layer still stacks."""
+so that a partition whose grouping flips from layer to layer still stacks; a run that could not
+stack with its neighbours anyway (other bucket widths, such as a dense class head) stays grouped."""
 
 
 def _shapes(plan: Plan) -> list[tuple]:
     """Per layer, what layers must share to stack: bucket widths and which buckets run grouped
-    (grouped only inside runs of at least :data:`MIN_GROUPED_RUN` layers grouped alike)."""
+    (see :data:`MIN_GROUPED_RUN`)."""
     widths = [tuple(int(i.shape[2]) for i in t.index) for t in plan.tables]
     grouped = [tuple(bool(g.shape[1]) for g in t.group_cols) for t in plan.tables]
     keys = list(zip(widths, grouped))
@@ -167,7 +168,8 @@ def _shapes(plan: Plan) -> list[tuple]:
         e = s + 1
         while e < len(keys) and keys[e] == keys[s]:
             e += 1
-        flags = grouped[s] if e - s >= MIN_GROUPED_RUN else tuple(False for _ in grouped[s])
+        alone = (s == 0 or widths[s - 1] != widths[s]) and (e == len(keys) or widths[e] != widths[s])
+        flags = grouped[s] if e - s >= MIN_GROUPED_RUN or alone else tuple(False for _ in grouped[s])
         out += [(widths[s], flags)] * (e - s)
         s = e
     return out

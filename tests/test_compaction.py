@@ -154,3 +154,16 @@ def test_programs_are_built_once_per_shape(radix):
     engine.run_inference(radix, x)
     again = engine.run_inference(radix, x)
     assert again.stats["compiles"] == 0  # same shapes: nothing compiles a second time
+
+
+def test_a_dense_head_of_its_own_shape_runs_grouped(radix):
+    """A grouped layer too short to stack with others (the dense class head: other bucket widths
+    than its neighbour) keeps its batched-GEMM layout (its kernel: test_plan's one-slot test)."""
+    rng = np.random.default_rng(0)
+    head = sp.csr_array(rng.standard_normal((radix.sizes[-1], 10)).astype(np.float32))
+    net = SparseNetwork(radix.weights + (head,), radix.biases + (np.zeros(10, np.float32),), None)
+    for parts in (plan_lib.parts_single_device(net), partition_network(net, 2, method="kahypar", seed=0)):
+        splan = stacking.stack_plan(plan_lib.build_plan(net, parts))
+        last = splan.tables[-1]
+        assert splan.segments[-1].num_layers == 1
+        assert last.group_cols[0].shape[2] == 1  # one slot: every head row reads every input

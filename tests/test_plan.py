@@ -211,6 +211,28 @@ def test_grouped_weight_gradient_in_blocks(slots_per_block, monkeypatch):
         kernels.sampled_dense_dense(jnp.asarray(dz), jnp.asarray(x), jnp.asarray(index)), rtol=1e-5, atol=1e-5)
 
 
+def test_grouped_kernels_with_one_slot():
+    """One slot (a dense head: every row reads every input) runs as a plain GEMM; it and the
+    transposed product equal the per-row gathered ones."""
+    import jax.numpy as jnp
+
+    from jaxsdnn import kernels
+
+    R, width, batch, n_in = 5, 6, 7, 9
+    rng = np.random.default_rng(1)
+    cols = rng.choice(n_in, (1, width), replace=False).astype(np.int32)
+    cols[0, 2] = n_in  # a sentinel slot reads 0
+    index = np.repeat(cols, R, axis=0)
+    dz = rng.standard_normal((R, batch)).astype(np.float32)
+    x = rng.standard_normal((n_in, batch)).astype(np.float32)
+    w = rng.standard_normal((R, width)).astype(np.float32)
+    np.testing.assert_allclose(
+        kernels.grouped_sampled_dense_dense(jnp.asarray(dz), jnp.asarray(x), jnp.asarray(cols)),
+        kernels.sampled_dense_dense(jnp.asarray(dz), jnp.asarray(x), jnp.asarray(index)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(kernels.grouped_transposed_spmm(jnp.asarray(dz), jnp.asarray(w), 1),
+                               (w.T @ dz), rtol=1e-5, atol=1e-5)
+
+
 def test_unstructured_layers_are_not_grouped():
     net = random_network([40, 30, 20], density=0.2, seed=3)
     plan = build_plan(net, random_parts(net, 2, seed=0))
