@@ -144,7 +144,8 @@ def grouped_transposed_spmm(dz: jax.Array, value: jax.Array, groups: int) -> jax
     R = rows // groups
     # [G, width, R] weights behind a barrier, so the contraction is over the last dimension of the
     # left operand: XLA folds a plain transpose back into the dot, whose transposed-operand form
-    # missed XNNPACK (Eigen: 7 ms against about 1.5 ms on the challenge layer, one core)
+    # missed XNNPACK: in Eigen it took 7 ms a challenge layer (one device, 162 ms over 23 layers
+    # of a step's profile), and the 24-layer step / forward went 4.48x -> 4.12x without it
     vt = jax.lax.optimization_barrier(jnp.swapaxes(value.reshape(groups, R, width), 1, 2))
     return jnp.einsum("gwr,grb->gwb", vt, dz.reshape(groups, R, dz.shape[1])).reshape(groups * width, dz.shape[1])
 
@@ -243,7 +244,7 @@ def grouped_sampled_dense_dense(dz: jax.Array, x: jax.Array, group_cols: jax.Arr
     """
     G, width = group_cols.shape
     rows, batch = dz.shape
-    if G == 1:  # one dense block (a dense head): a plain GEMM
+    if G == 1:  # one dense block (a dense head): a plain GEMM, 0.58 against 0.69 ms batched (8 x 1024, batch 1000)
         return jnp.einsum("rb,wb->rw", dz, jnp.take(x, group_cols[0], axis=0, mode="fill", fill_value=0))
     R = rows // G
     blk = int(min(G, max(1, SLOT_BLOCK_BYTES // max(1, width * batch * dz.dtype.itemsize))))

@@ -212,8 +212,8 @@ def test_grouped_weight_gradient_in_blocks(slots_per_block, monkeypatch):
 
 
 def test_grouped_kernels_with_one_slot():
-    """One slot (a dense head: every row reads every input) runs as a plain GEMM; it and the
-    transposed product equal the per-row gathered ones."""
+    """One slot (a dense head: every row reads every input): the weight gradient (a plain GEMM)
+    equals the per-row gathered one, the transposed product equals the dense ``W^T dz``."""
     import jax.numpy as jnp
 
     from jaxsdnn import kernels
