@@ -513,6 +513,7 @@ def _cmd_infer(args) -> dict:
             "images": int(images.shape[0]), "images_digest": _digest(images.indptr, images.indices, images.data),
             "partition": None if part is None else _digest(*part.parts), "batch_size": args.batch_size, "exchange_dtype": args.exchange_dtype,
             "overlap": args.overlap, "repeats": args.repeats, "data_parallel": args.data_parallel, "compact": not args.no_compact,
+            "tail": args.tail,
         }
 
     devices = _setup_devices(args, model * args.data_parallel, facts)
@@ -523,7 +524,8 @@ def _cmd_infer(args) -> dict:
     mesh = sharded.make_mesh(model, args.data_parallel, devices=devices)
     result = engine.run_inference(net, images, partition=part, mesh=mesh, batch_size=args.batch_size,
                                   compact=not args.no_compact, exchange_dtype=args.exchange_dtype,
-                                  overlap=args.overlap, repeats=args.repeats)
+                                  overlap=args.overlap, repeats=args.repeats,
+                                  tail=None if args.tail == "auto" else args.tail)
     if _is_writer():
         io.write_categories(args.out, result.categories)
         if args.scores:
@@ -546,6 +548,8 @@ def _cmd_infer(args) -> dict:
         "segments": stats["segments"],
         "compact": stats["compact"],
         "overlap": stats["overlap"],
+        "tail": stats["tail"],
+        "tail_samples": stats["tail_samples"],
         "repeats": args.repeats,
         "exchange_rounds_run": stats["exchange_rounds_run"],
         "exchanged_entries": stats["exchanged_entries"],
@@ -721,6 +725,11 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--overlap", action="store_true",
                    help="compute each layer's own-input product while its exchange is in flight (measured slower on "
                         "the challenge network, where half the edges read received entries; see BENCHMARKS.md)")
+    i.add_argument("--tail", default="auto", choices=["auto", "local", "sharded"],
+                   help="where the few survivors of a compacted batch run the remaining layers: 'local', on every "
+                        "process's own device with a replica of the network (no more exchange rounds); 'sharded', "
+                        "on the mesh; 'auto' (the default): local when several processes run and the network takes "
+                        "at most 1 GiB")
     i.add_argument("--scores", default=None,
                    help="save the survivors' last-layer activations, sparse: FILE.npz (scipy.sparse.save_npz of "
                         "the [images, n_L] CSR matrix) or any other name for image<TAB>neuron<TAB>value lines "

@@ -7,7 +7,9 @@ alternate over ``--repeats`` rounds; the table gives medians. The configurations
 * ``1 process, 1 core``: ``taskset -c 0``, one device (the baseline);
 * ``1 process, all cores``: no pinning, one device (what a user would otherwise run);
 * ``N processes x 1 core``: process ``i`` pinned to core ``i``, one device each, ``--devices N``,
-  with a kahypar or random partition, the exchange in float32 or bfloat16.
+  with a kahypar or random partition, the exchange in float32 or bfloat16; the few survivors of a
+  compacted batch finish on each process's own device (``--tail auto``, which is ``local`` here),
+  or on the mesh (``sharded tail`` rows, ``--tail sharded``).
 
 ``seconds`` is the CLI's own timing on process 0: the median of ``--passes`` passes after the
 compiling one (``jaxsdnn infer --repeats``); ``compile`` its compile time. Overlapped
@@ -61,7 +63,8 @@ def run_config(cfg: dict, common: list, workdir: str, cores: int, passes: int) -
     n = cfg["processes"]
     out = os.path.join(workdir, f"cats-{cfg['name'].replace(' ', '_')}.tsv")
     base = [sys.executable, "-m", "jaxsdnn.cli", "infer", *common, "--out", out, "--json",
-            "--exchange-dtype", cfg["dtype"], "--repeats", str(passes)] + (["--overlap"] if cfg.get("overlap") else [])
+            "--exchange-dtype", cfg["dtype"], "--repeats", str(passes), "--tail", cfg.get("tail", "auto")] + (
+                ["--overlap"] if cfg.get("overlap") else [])
     if n == 1:
         cmd = (["taskset", "-c", "0"] if cfg["pinned"] else []) + base
         procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
@@ -245,6 +248,10 @@ def main() -> None:
         {"name": f"1 process, {cores} cores", "processes": 1, "pinned": False, "method": None, "dtype": "float32"},
         {"name": f"{N} processes, kahypar", "processes": N, "method": "kahypar", "dtype": "float32"},
         {"name": f"{N} processes, random", "processes": N, "method": "random", "dtype": "float32"},
+        {"name": f"{N} processes, kahypar, sharded tail", "processes": N, "method": "kahypar", "dtype": "float32",
+         "tail": "sharded"},
+        {"name": f"{N} processes, random, sharded tail", "processes": N, "method": "random", "dtype": "float32",
+         "tail": "sharded"},
         {"name": f"{N} processes, kahypar, overlapped", "processes": N, "method": "kahypar", "dtype": "float32",
          "overlap": True},
         {"name": f"{N} processes, random, overlapped", "processes": N, "method": "random", "dtype": "float32",

@@ -16,19 +16,27 @@ def _dying_images(n: int, count: int, seed: int = 0) -> np.ndarray:
     return (rng.random((count, n)) < rng.random(count)[:, None] * 0.6).astype(np.float32)
 
 
-@pytest.fixture(scope="module")
-def radix():
+def radix_network() -> SparseNetwork:
     """20 layers of one shape (one segment on one device); about 40 % of the images die in layers 1-3."""
     return radixnet.radixnet(64, 20, seed=3, bias=-0.25)
 
 
-@pytest.fixture(scope="module")
-def uneven():
+def uneven_network() -> SparseNetwork:
     """Uneven sizes and fan-ins (several segments), positive weights and negative biases: samples
     die layer after layer (43 of 45 alive after layer 1, 18 after layer 9)."""
     net = random_network([40] + [48] * 5 + [36] * 3 + [20], density=0.15, seed=4, cap=32.0)
     weights = [sp.csr_array((0.6 * np.abs(w.data), w.indices, w.indptr), shape=w.shape) for w in net.weights]
     return SparseNetwork(tuple(weights), tuple(-0.15 - 0.1 * np.abs(b) for b in net.biases), net.cap)
+
+
+@pytest.fixture(scope="module")
+def radix():
+    return radix_network()
+
+
+@pytest.fixture(scope="module")
+def uneven():
+    return uneven_network()
 
 
 def _run(net, x, model, data, method, **kw):

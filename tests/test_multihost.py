@@ -1,5 +1,6 @@
 """Two processes on localhost with jax.distributed (two CPU devices each) give one process's answer."""
 
+import json
 import os
 import socket
 import subprocess
@@ -23,8 +24,9 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [[], ["--overlap", "--repeats", "2"]], ids=["plain", "overlapped"])
-def test_two_processes_match_one(tmp_path, extra):
+@pytest.mark.parametrize("extra,tail", [([], "local"), (["--overlap", "--repeats", "2"], "local"),
+                                        (["--tail", "sharded"], "sharded")], ids=["plain", "overlapped", "sharded-tail"])
+def test_two_processes_match_one(tmp_path, extra, tail):
     layers = 8
     port = _free_port()
     procs = []
@@ -32,12 +34,15 @@ def test_two_processes_match_one(tmp_path, extra):
         cmd = [sys.executable, "-m", "jaxsdnn.cli", "infer", "--network", NETWORK, "--layers", str(layers),
                "--images", IMAGES, "--out", str(tmp_path / f"cats{pid}.tsv"), "--scores", str(tmp_path / f"s{pid}.npz"),
                "--devices", "2", "--data-parallel", "2", "--method", "kahypar", "--coordinator", f"127.0.0.1:{port}",
-               "--num-processes", "2", "--process-id", str(pid), "--init-timeout", "60", *extra]
+               "--num-processes", "2", "--process-id", str(pid), "--init-timeout", "60", "--json", *extra]
         env = dict(os.environ, JAX_PLATFORMS="cpu")
         procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outs = [p.communicate(timeout=300) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-2000:]
+    report = json.loads(outs[0][0].strip().splitlines()[-1])
+    assert report["tail"] == tail  # auto: the survivors finish on each process's own device
+    assert (report["tail_samples"] > 0) == (tail == "local")
     # only process 0 writes results
     assert (tmp_path / "cats0.tsv").exists() and not (tmp_path / "cats1.tsv").exists()
     assert not (tmp_path / "s1.npy").exists()
