@@ -42,6 +42,24 @@ def random_network(sizes, density=0.3, seed=0, cap=None, bias_scale=0.1) -> Spar
     return SparseNetwork.from_scipy(mats, biases, cap)
 
 
+@pytest.fixture(scope="module")
+def radix():
+    """Dead-sample tests (test_compaction, test_tail): 20 layers of one shape (one segment on one
+    device); about 40 % of the images die in layers 1-3."""
+    from jaxsdnn import radixnet
+
+    return radixnet.radixnet(64, 20, seed=3, bias=-0.25)
+
+
+@pytest.fixture(scope="module")
+def uneven():
+    """Dead-sample tests: uneven sizes and fan-ins (several segments), positive weights and negative
+    biases, so samples die layer after layer (43 of 45 alive after layer 1, 18 after layer 9)."""
+    net = random_network([40] + [48] * 5 + [36] * 3 + [20], density=0.15, seed=4, cap=32.0)
+    weights = [sp.csr_array((0.6 * np.abs(w.data), w.indices, w.indptr), shape=w.shape) for w in net.weights]
+    return SparseNetwork(tuple(weights), tuple(-0.15 - 0.1 * np.abs(b) for b in net.biases), net.cap)
+
+
 def random_parts(network: SparseNetwork, num_parts: int, seed: int = 0) -> list[np.ndarray]:
     """A random partition where every device owns at least one neuron of every layer."""
     rng = np.random.default_rng(seed)

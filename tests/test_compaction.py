@@ -5,7 +5,7 @@ import pytest
 import scipy.sparse as sp
 from conftest import random_network
 
-from jaxsdnn import engine, plan as plan_lib, radixnet, reference, segments, sharded, stacking
+from jaxsdnn import engine, plan as plan_lib, reference, segments, sharded, stacking
 from jaxsdnn.network import SparseNetwork
 from jaxsdnn.partition import METHODS, partition_network
 
@@ -14,29 +14,6 @@ def _dying_images(n: int, count: int, seed: int = 0) -> np.ndarray:
     """Binary images whose densities range from 0 to 0.6: some die at once, some later, some never."""
     rng = np.random.default_rng(seed)
     return (rng.random((count, n)) < rng.random(count)[:, None] * 0.6).astype(np.float32)
-
-
-def radix_network() -> SparseNetwork:
-    """20 layers of one shape (one segment on one device); about 40 % of the images die in layers 1-3."""
-    return radixnet.radixnet(64, 20, seed=3, bias=-0.25)
-
-
-def uneven_network() -> SparseNetwork:
-    """Uneven sizes and fan-ins (several segments), positive weights and negative biases: samples
-    die layer after layer (43 of 45 alive after layer 1, 18 after layer 9)."""
-    net = random_network([40] + [48] * 5 + [36] * 3 + [20], density=0.15, seed=4, cap=32.0)
-    weights = [sp.csr_array((0.6 * np.abs(w.data), w.indices, w.indptr), shape=w.shape) for w in net.weights]
-    return SparseNetwork(tuple(weights), tuple(-0.15 - 0.1 * np.abs(b) for b in net.biases), net.cap)
-
-
-@pytest.fixture(scope="module")
-def radix():
-    return radix_network()
-
-
-@pytest.fixture(scope="module")
-def uneven():
-    return uneven_network()
 
 
 def _run(net, x, model, data, method, **kw):

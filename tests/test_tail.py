@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from test_compaction import _close, _run, radix_network, uneven_network
+from test_compaction import _close, _run
 
 from jaxsdnn import reference
 
@@ -13,16 +13,6 @@ def _mostly_dying(n: int, count: int, alive: int, seed: int = 0) -> np.ndarray:
     x = (rng.random((count, n)) < 0.03).astype(np.float32)
     x[rng.choice(count, alive, replace=False)] = (rng.random((alive, n)) < 0.5).astype(np.float32)
     return x
-
-
-@pytest.fixture(scope="module")
-def radix():
-    return radix_network()
-
-
-@pytest.fixture(scope="module")
-def uneven():
-    return uneven_network()
 
 
 CASES = [(2, 1, "kahypar"), (3, 1, "random"), (4, 2, "block"), (8, 1, "mtkahypar"), (2, 3, "random")]
