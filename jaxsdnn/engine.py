@@ -170,7 +170,8 @@ class _Pass:
     A batch compacted to at most ``1 / POOL_SHRINK`` of its size is parked in a pool of its
     layer (a device buffer of ``batch`` columns) instead of running on alone; a pool runs on
     once it holds half a batch of live samples, or at the end. The deep layers thus run on a
-    few full batches of survivors instead of many small ones.
+    few full batches of survivors instead of many small ones. With a :class:`_LocalTail` such a
+    batch goes to host memory instead and finishes in :meth:`_run_tail` (module docstring).
     """
 
     def __init__(self, sn: segments.StackedNetwork, network: SparseNetwork, compact: bool, batch: int,
@@ -360,7 +361,8 @@ class _LocalTail:
 
 def _gather_tail(survival: np.ndarray, rows: np.ndarray, values: np.ndarray, edges: int):
     """Every process's tail results, on every process: survival counts and edges summed, the
-    survivors' rows and scores concatenated (two collectives: the counts, then the padded rows)."""
+    survivors' rows and scores concatenated (three collectives: the counts, then the padded rows
+    and their scores)."""
     head = multihost_utils.process_allgather(np.concatenate([survival, [edges, rows.size]]).astype(np.int64))
     sizes = head[:, -1]
     m = max(1, int(sizes.max()))
