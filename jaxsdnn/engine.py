@@ -60,8 +60,9 @@ POOL_SHRINK = 8
 TAILS = ("local", "sharded")
 """Where the survivors of a compacted batch run on (see the module docstring)."""
 LOCAL_TAIL_BYTES = 1 << 30
-"""``tail=None`` runs the tail locally on several processes when the network's values and
-indices take at most this many bytes (the replica every process then holds)."""
+"""``tail=None`` runs the tail locally on several processes when the network's arrays (values,
+indices, row pointers, biases) take at most this many bytes (the replica every process then
+holds)."""
 
 
 @dataclasses.dataclass(frozen=True)

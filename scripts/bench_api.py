@@ -11,7 +11,8 @@ Table 2: the real Graph Challenge network (1024 x 120) at batch 1000, on 1 and 4
 training step (forward, backward, Adam update) through the public API against the forward pass
 (``apply``) alone, timed in two orders within each round: alternating (a forward, then a step)
 and repeated (each timed call after an untimed one of its own kind, as in a training or an
-inference loop). The two orders differ by more than the target's margin on this machine.
+inference loop). On one device the two orders gave 4.21x and 4.56x in one run (BENCHMARKS.md,
+Run 7), more than the margin to the 4x target.
 
 Every row is timed interleaved with its baseline (``--repeats`` rounds, medians); compilation
 (first call) is reported apart. The simulated devices share this machine's cores.
