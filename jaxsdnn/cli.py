@@ -729,7 +729,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the few survivors of a compacted batch run the remaining layers: 'local', on every "
                         "process's own device with a replica of the network (no more exchange rounds); 'sharded', "
                         "on the mesh; 'auto' (the default): local when several processes run and the network takes "
-                        "at most 1 GiB")
+                        "at most 1 GiB. With --devices 1 --data-parallel N over N processes, local runs each "
+                        "process's share of the images on its own")
     i.add_argument("--scores", default=None,
                    help="save the survivors' last-layer activations, sparse: FILE.npz (scipy.sparse.save_npz of "
                         "the [images, n_L] CSR matrix) or any other name for image<TAB>neuron<TAB>value lines "

@@ -25,7 +25,10 @@ batch compacted to ``1 / POOL_SHRINK`` of the batch size is not parked on the me
 of the network and the same compaction and no exchange, and the results are gathered again
 (three collectives), so every process holds all of them. The price: each process holds the whole
 network once more (``LOCAL_TAIL_BYTES`` bounds what ``tail=None`` replicates). Survival counts,
-scores and categories are those of the sharded run (``tests/test_tail.py``).
+scores and categories are those of the sharded run (``tests/test_tail.py``). On a mesh without a
+model axis and one device per process (``--devices 1 --data-parallel n``) the whole pass runs so:
+process ``i`` takes images ``i, i + n, ...`` (no collective until the results are gathered; on the
+mesh every liveness check and every compaction is one).
 
 Memory is bounded by the batch: images stay sparse on the host and stream one batch at a time,
 and only the survivors' last-layer rows come back, as a sparse matrix.
@@ -286,6 +289,27 @@ class _Pass:
                           np.concatenate([cols, np.full(b - cols.size, -1)]), layer)
         self.tail_pools = {}
         local.flush()
+        self._absorb(local)
+
+    def run_local(self, images) -> None:
+        """The whole pass on the processes' own devices (a mesh without a model axis, one device per
+        process): process ``i`` of ``n`` runs images ``i, i + n, ...``; the results are gathered."""
+        me, procs = jax.process_index(), jax.process_count()
+        mine = np.arange(me, images.shape[0], procs)
+        local = _Pass(self.tail.sn, self.network, self.compact, self.batch)
+        for start in range(0, mine.size, self.batch):
+            ids = np.full(self.batch, -1)
+            ids[: min(self.batch, mine.size - start)] = mine[start : start + self.batch]
+            x = _batch_input(self.tail.dst.plan, images[mine[start : start + self.batch]], 0, self.batch,
+                             self.tail.dst.segments[0].n_rows)
+            local.run(segments.put_activations(self.tail.sn.mesh, x), ids)
+        local.flush()
+        self.tail_samples += int(images.shape[0])  # every image, over all processes
+        self._absorb(local)
+
+    def _absorb(self, local: _Pass) -> None:
+        """Adds a local pass's results, gathered over the processes, to this pass's."""
+        procs = jax.process_count()
         survival = np.zeros(self.L + 1, np.int64)
         for k, n in local.survival.items():
             survival[k] = n
@@ -335,8 +359,8 @@ class _LocalTail:
 
     def __init__(self, network: SparseNetwork, splan: stacking.StackedPlan, max_padding: float | None):
         self.src = splan
-        plan1 = plan_lib.build_plan(network, plan_lib.parts_single_device(network))
-        self.dst = stacking.stack_plan(plan1, max_padding=max_padding)
+        self.dst = splan if splan.plan.num_parts == 1 else stacking.stack_plan(  # a data-only mesh's plan is one
+            plan_lib.build_plan(network, plan_lib.parts_single_device(network)), max_padding=max_padding)
         self.sn = segments.shard_stacked(self.dst, network, sharded.make_mesh(1, 1, devices=jax.local_devices()[:1]))
         self.seg_of = np.concatenate([np.full(seg.num_layers, i) for i, seg in enumerate(self.dst.segments)])
 
@@ -420,7 +444,8 @@ def run_inference(
         tail: ``"local"``: a batch compacted to ``1 / POOL_SHRINK`` of the batch size finishes on
             every process's own device (module docstring); ``"sharded"``: on the mesh. None:
             ``"local"`` when several processes run and the network takes at most
-            :data:`LOCAL_TAIL_BYTES`, else ``"sharded"``. Only with ``compact``.
+            :data:`LOCAL_TAIL_BYTES`, else ``"sharded"``. Only with ``compact``. ``"local"`` on
+            a data-only mesh of one device per process runs every image so (module docstring).
     """
     segments.check_exchange_dtype(exchange_dtype)
     images = _as_images(images, network.sizes[0])
@@ -443,8 +468,16 @@ def run_inference(
         raise ValueError(f"tail={tail!r} is not one of {TAILS}")
     local = _LocalTail(network, splan, max_padding) if tail == "local" and compact and mesh.size > 1 else None
 
+    # data parallelism over processes: each runs its own share of the images, with no collective
+    # until the results are gathered (a check or a compaction on the mesh is one each)
+    whole = local is not None and mesh.shape[sharded.MODEL_AXIS] == 1 and jax.process_count() > 1 \
+        and mesh.size == jax.process_count()
+
     def one_pass() -> _Pass:
         p = _Pass(sn, network, compact, batch, local)
+        if whole:
+            p.run_local(images)
+            return p
         for start in range(0, n_img, batch):
             ids = np.arange(start, start + batch)
             ids[ids >= n_img] = -1

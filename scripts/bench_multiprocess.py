@@ -9,7 +9,9 @@ alternate over ``--repeats`` rounds; the table gives medians. The configurations
 * ``N processes x 1 core``: process ``i`` pinned to core ``i``, one device each, ``--devices N``,
   with a kahypar or random partition, the exchange in float32 or bfloat16; the few survivors of a
   compacted batch finish on each process's own device (``--tail auto``, which is ``local`` here),
-  or on the mesh (``sharded tail`` rows, ``--tail sharded``).
+  or on the mesh (``sharded tail`` rows, ``--tail sharded``);
+* ``N processes, data parallel``: ``--devices 1 --data-parallel N``, every process holds the whole
+  network; with ``--tail auto`` each runs its own share of the images, gathered at the end.
 
 ``seconds`` is the CLI's own timing on process 0: the median of ``--passes`` passes after the
 compiling one (``jaxsdnn infer --repeats``); ``compile`` its compile time. Overlapped
@@ -72,9 +74,10 @@ def run_config(cfg: dict, common: list, workdir: str, cores: int, passes: int) -
         port = _free_port()
         procs = []
         for pid in range(n):
-            cmd = ["taskset", "-c", str(pid % cores)] + base + [
-                "--devices", str(n), "--method", cfg["method"], "--coordinator", f"127.0.0.1:{port}",
-                "--num-processes", str(n), "--process-id", str(pid)]
+            place = (["--devices", "1", "--data-parallel", str(n)] if cfg.get("data_parallel")
+                     else ["--devices", str(n), "--method", cfg["method"]])
+            cmd = ["taskset", "-c", str(pid % cores)] + base + place + [
+                "--coordinator", f"127.0.0.1:{port}", "--num-processes", str(n), "--process-id", str(pid)]
             procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                           text=True))
     outs = [p.communicate(timeout=1800) for p in procs]
@@ -252,6 +255,10 @@ def main() -> None:
          "tail": "sharded"},
         {"name": f"{N} processes, random, sharded tail", "processes": N, "method": "random", "dtype": "float32",
          "tail": "sharded"},
+        {"name": f"{N} processes, data parallel", "processes": N, "method": None, "dtype": "float32",
+         "data_parallel": True},
+        {"name": f"{N} processes, data parallel, sharded tail", "processes": N, "method": None, "dtype": "float32",
+         "data_parallel": True, "tail": "sharded"},
         {"name": f"{N} processes, kahypar, overlapped", "processes": N, "method": "kahypar", "dtype": "float32",
          "overlap": True},
         {"name": f"{N} processes, random, overlapped", "processes": N, "method": "random", "dtype": "float32",

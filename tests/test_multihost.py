@@ -23,9 +23,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+SPLIT = ["--devices", "2", "--data-parallel", "2", "--method", "kahypar"]  # a 2 x 2 mesh, two devices a process
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("extra,tail", [([], "local"), (["--overlap", "--repeats", "2"], "local"),
-                                        (["--tail", "sharded"], "sharded")], ids=["plain", "overlapped", "sharded-tail"])
+@pytest.mark.parametrize("extra,tail", [(SPLIT, "local"), (SPLIT + ["--overlap", "--repeats", "2"], "local"),
+                                        (SPLIT + ["--tail", "sharded"], "sharded"),
+                                        (["--devices", "1", "--data-parallel", "2"], "local")],
+                         ids=["plain", "overlapped", "sharded-tail", "data-parallel"])
 def test_two_processes_match_one(tmp_path, extra, tail):
     layers = 8
     port = _free_port()
@@ -33,7 +38,7 @@ def test_two_processes_match_one(tmp_path, extra, tail):
     for pid in range(2):
         cmd = [sys.executable, "-m", "jaxsdnn.cli", "infer", "--network", NETWORK, "--layers", str(layers),
                "--images", IMAGES, "--out", str(tmp_path / f"cats{pid}.tsv"), "--scores", str(tmp_path / f"s{pid}.npz"),
-               "--devices", "2", "--data-parallel", "2", "--method", "kahypar", "--coordinator", f"127.0.0.1:{port}",
+               "--coordinator", f"127.0.0.1:{port}",
                "--num-processes", "2", "--process-id", str(pid), "--init-timeout", "60", "--json", *extra]
         env = dict(os.environ, JAX_PLATFORMS="cpu")
         procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
@@ -43,6 +48,8 @@ def test_two_processes_match_one(tmp_path, extra, tail):
     report = json.loads(outs[0][0].strip().splitlines()[-1])
     assert report["tail"] == tail  # auto: the survivors finish on each process's own device
     assert (report["tail_samples"] > 0) == (tail == "local")
+    if report["model_parallel"] == 1:  # one device per process: every image ran on its own process
+        assert report["tail_samples"] == report["images"] and report["exchange_rounds_run"] == 0
     # only process 0 writes results
     assert (tmp_path / "cats0.tsv").exists() and not (tmp_path / "cats1.tsv").exists()
     assert not (tmp_path / "s1.npy").exists()
