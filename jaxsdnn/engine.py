@@ -277,35 +277,38 @@ class _Pass:
     def _run_tail(self) -> None:
         """Runs the gathered survivors on the processes' own devices (:class:`_LocalTail`): process
         ``i`` of ``n`` takes every ``n``-th sample; the results are gathered again."""
-        local = _Pass(self.tail.sn, self.network, self.compact, self.batch)
         me, procs = jax.process_index(), jax.process_count()
-        for layer in sorted(self.tail_pools):
-            a = np.concatenate([v for v, _ in self.tail_pools[layer]], axis=1)[:, me::procs]
-            ids = np.concatenate([i for _, i in self.tail_pools[layer]])[me::procs]
-            for start in range(0, ids.size, self.batch):
-                cols = ids[start : start + self.batch]
-                b = _bucket(cols.size, 1, self.batch)
-                x = self.tail.local_rows(a[:, start : start + cols.size], layer, b)
-                local.run(segments.put_activations(self.tail.sn.mesh, x),
-                          np.concatenate([cols, np.full(b - cols.size, -1)]), layer)
+
+        def chunks():
+            for layer in sorted(self.tail_pools):
+                a = np.concatenate([v for v, _ in self.tail_pools[layer]], axis=1)[:, me::procs]
+                ids = np.concatenate([i for _, i in self.tail_pools[layer]])[me::procs]
+                for start in range(0, ids.size, self.batch):
+                    cols = ids[start : start + self.batch]
+                    b = _bucket(cols.size, 1, self.batch)
+                    yield self.tail.local_rows(a[:, start : start + cols.size], layer, b), cols, layer
+
+        self._run_locally(chunks())
         self.tail_pools = {}
-        local.flush()
-        self._absorb(local)
 
     def run_local(self, images) -> None:
         """The whole pass on the processes' own devices (a mesh without a model axis, one device per
         process): process ``i`` of ``n`` runs images ``i, i + n, ...``; the results are gathered."""
-        me, procs = jax.process_index(), jax.process_count()
-        mine = np.arange(me, images.shape[0], procs)
-        local = _Pass(self.tail.sn, self.network, self.compact, self.batch)
-        for start in range(0, mine.size, self.batch):
-            ids = np.full(self.batch, -1)
-            ids[: min(self.batch, mine.size - start)] = mine[start : start + self.batch]
-            x = _batch_input(self.tail.dst.plan, images[mine[start : start + self.batch]], 0, self.batch,
-                             self.tail.dst.segments[0].n_rows)
-            local.run(segments.put_activations(self.tail.sn.mesh, x), ids)
-        local.flush()
+        mine = np.arange(jax.process_index(), images.shape[0], jax.process_count())
+        n_rows = self.tail.dst.segments[0].n_rows
+        self._run_locally((_batch_input(self.tail.dst.plan, images[cols], 0, self.batch, n_rows), cols, 0)
+                          for cols in np.array_split(mine, range(self.batch, mine.size, self.batch)) if cols.size)
         self.tail_samples += int(images.shape[0])  # every image, over all processes
+
+    def _run_locally(self, chunks) -> None:
+        """Runs ``(x [1, n_rows, b] host, image ids [<= b], layer)`` chunks through the rest of the
+        network on this process's device (:class:`_LocalTail`), then adds the results of every
+        process to this pass's."""
+        local = _Pass(self.tail.sn, self.network, self.compact, self.batch)
+        for x, cols, layer in chunks:
+            local.run(segments.put_activations(self.tail.sn.mesh, x),
+                      np.concatenate([cols, np.full(x.shape[2] - cols.size, -1)]), layer)
+        local.flush()
         self._absorb(local)
 
     def _absorb(self, local: _Pass) -> None:
@@ -358,11 +361,18 @@ class _LocalTail:
     """The network stacked for one device (this process's first), and the row maps between the
     sharded plan's layout and it."""
 
-    def __init__(self, network: SparseNetwork, splan: stacking.StackedPlan, max_padding: float | None):
-        self.src = splan
-        self.dst = splan if splan.plan.num_parts == 1 else stacking.stack_plan(  # a data-only mesh's plan is one
-            plan_lib.build_plan(network, plan_lib.parts_single_device(network)), max_padding=max_padding)
-        self.sn = segments.shard_stacked(self.dst, network, sharded.make_mesh(1, 1, devices=jax.local_devices()[:1]))
+    def __init__(self, network: SparseNetwork, sn: segments.StackedNetwork, max_padding: float | None):
+        splan = self.src = sn.splan
+        one = sharded.make_mesh(1, 1, devices=jax.local_devices()[:1])
+        if splan.plan.num_parts == 1:  # a data-only mesh: every device holds the network already
+            self.dst = splan
+            mine = (lambda a: a.addressable_data(0))
+            self.sn = dataclasses.replace(sn, mesh=one, params=jax.tree.map(mine, sn.params),
+                                          tables=jax.tree.map(mine, sn.tables))
+        else:
+            self.dst = stacking.stack_plan(plan_lib.build_plan(network, plan_lib.parts_single_device(network)),
+                                           max_padding=max_padding)
+            self.sn = segments.shard_stacked(self.dst, network, one)
         self.seg_of = np.concatenate([np.full(seg.num_layers, i) for i, seg in enumerate(self.dst.segments)])
 
     def full_rows(self, x: np.ndarray, layer: int) -> np.ndarray:
@@ -467,7 +477,7 @@ def run_inference(
         tail = "local" if jax.process_count() > 1 and _network_bytes(network) <= LOCAL_TAIL_BYTES else "sharded"
     if tail not in TAILS:
         raise ValueError(f"tail={tail!r} is not one of {TAILS}")
-    local = _LocalTail(network, splan, max_padding) if tail == "local" and compact and mesh.size > 1 else None
+    local = _LocalTail(network, sn, max_padding) if tail == "local" and compact and mesh.size > 1 else None
 
     # data parallelism over processes: each runs its own share of the images, with no collective
     # until the results are gathered (a check or a compaction on the mesh is one each)

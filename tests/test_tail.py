@@ -38,6 +38,13 @@ def test_local_tail_matches_the_oracle_and_the_sharded_tail(request, net_name, m
     assert local.stats["exchanged_entries"] < mesh.stats["exchanged_entries"]
 
 
+def test_a_data_only_mesh_finishes_on_its_own_arrays(uneven):
+    x = _mostly_dying(uneven.sizes[0], 300, 24, seed=5)
+    local = _run(uneven, x, 1, 2, "block", batch_size=192, tail="local")
+    _close(local, reference.forward(uneven, x))
+    assert local.stats["tail_samples"] > 0
+
+
 def test_one_device_and_no_compaction_keep_the_mesh(radix):
     x = _mostly_dying(64, 200, 10)
     one = _run(radix, x, 1, 1, "block", batch_size=96, tail="local")
