@@ -28,8 +28,8 @@ RadiX-Nets) and chosen:
   how well each layer's groups line up with the next layer's (random) grouping;
 * when every device holds one whole input class per layer (P = 64 there), the layers'
   matchings are independent linear assignment problems (:func:`unit_chains`): exact, and
-  within 0.5 % of that class's lower bound (0.0712 x random), and 11 % above the bound for
-  every layer-balanced partition (:func:`jaxsdnn.bounds.device_chain_bound`, 0.0643 x random);
+  within 0.5 % of that class's lower bound (0.0712 x random), and 2.0 % above the bound for
+  every layer-balanced partition (:func:`jaxsdnn.bounds.device_chain_bound`, 0.0701 x random);
   re-solving windows of two consecutive layers jointly with KaHyPar (per-layer balance repaired
   afterwards) gained 0.02 % at P = 8.
 """

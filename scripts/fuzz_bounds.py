@@ -3,7 +3,9 @@
 Draws small networks (random sparse; block networks whose layers share input sets, with rows and
 columns shuffled so read groups and compute groups disagree; uneven layers with unread neurons and
 neurons without inputs), a device count and an epsilon, and checks for several tracked ranges
-that the bound never exceeds the exact optimum (``tests/test_bounds.py::_exact_min_volume``).
+that the bound never exceeds the exact optimum (``tests/test_bounds.py::_exact_min_volume``), with
+no prices, with :func:`jaxsdnn.bounds.class_assignment_prices` where they exist, and with random
+prices (the bound must hold for any).
 Exits 1 on the first violation, printing the network.
 
     python scripts/fuzz_bounds.py --seconds 300 --seed 7
@@ -34,7 +36,7 @@ def _network(mats) -> SparseNetwork:
 def draw(rng: np.random.Generator, num_parts: int) -> SparseNetwork:
     most = {2: 8, 3: 6, 4: 5}[num_parts]  # keeps the brute force to a few seconds at worst
     layers = int(rng.integers(2, 5))
-    kind = rng.integers(3)
+    kind = rng.integers(4)
     mats = []
     if kind == 0:  # random sparse, every neuron with an input
         sizes = rng.integers(2, most + 1, layers + 1)
@@ -55,6 +57,19 @@ def draw(rng: np.random.Generator, num_parts: int) -> SparseNetwork:
             if rng.random() < 0.6:
                 m = m[:, rng.permutation(m.shape[1])]
             mats.append(m)
+    elif kind == 2:  # equal layers of whole classes, so class_assignment_prices apply
+        unit = {2: 2, 3: 2, 4: 1}[num_parts]
+        copies = unit * int(rng.integers(1, 3 if num_parts < 4 else 2))
+        groups = max(1, (unit * num_parts) // copies)
+        for k in range(layers):
+            base = rng.random((groups, groups)) < 0.5
+            base[rng.integers(0, groups, groups), np.arange(groups)] = True
+            m = np.kron(base, np.ones((copies, copies)))
+            if rng.random() < 0.6:
+                m = m[rng.permutation(m.shape[0])]
+            if rng.random() < 0.6:
+                m = m[:, rng.permutation(m.shape[1])]
+            mats.append(m)
     else:  # uneven, unread neurons, neurons without inputs, repeated rows and columns
         sizes = rng.integers(1, most + 1, layers + 1)
         for n_in, n_out in zip(sizes[:-1], sizes[1:]):
@@ -65,6 +80,27 @@ def draw(rng: np.random.Generator, num_parts: int) -> SparseNetwork:
                 m[rng.integers(n_in)] = m[rng.integers(n_in)]
             mats.append(m)
     return _network(mats)
+
+
+def random_prices(rng: np.random.Generator, net: SparseNetwork) -> tuple:
+    """Per-layer prices of either sign for both roles, one per compute group."""
+    counts = [None] + [int(net.input_classes(k).max()) + 1 for k in range(1, net.num_layers + 1)]
+    scale = float(rng.choice([0.1, 0.5, 2.0]))
+    return tuple([None] + [rng.normal(0.0, scale, n) for n in counts[1:]] for _ in range(2))
+
+
+def climbed_prices(rng, net, num_parts, epsilon, max_inputs, steps: int = 12) -> tuple:
+    """Prices pushed uphill by random moves that raise the bound: an adversary for its validity,
+    since a mistake in the priced terms shows where the prices make the bound tight."""
+    best = bounds.class_assignment_prices(net, num_parts) or random_prices(rng, net)
+    value = bounds.device_chain_bound(net, num_parts, epsilon, max_inputs, best)
+    for _ in range(steps):
+        scale = float(rng.choice([0.05, 0.3, 1.0]))
+        trial = tuple([None] + [p + rng.normal(0.0, scale, p.size) for p in side[1:]] for side in best)
+        bound = bounds.device_chain_bound(net, num_parts, epsilon, max_inputs, trial)
+        if bound >= value:
+            best, value = trial, bound
+    return best
 
 
 def main() -> None:
@@ -80,14 +116,18 @@ def main() -> None:
         net = draw(rng, num_parts)
         exact = _exact_min_volume(net, num_parts, epsilon)
         for max_inputs in (None, 0, 2, 5, 40):
-            bound = bounds.device_chain_bound(net, num_parts, epsilon, max_inputs)
-            cases += 1
-            positive += bound > 0
-            if bound > exact:
-                print(f"VIOLATION: P={num_parts} epsilon={epsilon} max_inputs={max_inputs}: bound {bound} > optimum {exact}")
+            climbed = climbed_prices(rng, net, num_parts, epsilon, max_inputs)
+            for prices in (None, "auto", random_prices(rng, net), climbed):
+                bound = bounds.device_chain_bound(net, num_parts, epsilon, max_inputs, prices)
+                cases += 1
+                positive += bound > 0
+                if bound <= exact:
+                    continue
+                kind = prices if prices is None or isinstance(prices, str) else "random or climbed"
+                print(f"VIOLATION: P={num_parts} epsilon={epsilon} max_inputs={max_inputs} prices={kind}: bound {bound} > optimum {exact}")
                 print([m.toarray().astype(int).tolist() for m in net.to_scipy()])
                 sys.exit(1)
-    print(f"{cases} (network, range) cases, {positive} with a positive bound, none above the optimum")
+    print(f"{cases} (network, range, prices) cases, {positive} with a positive bound, none above the optimum")
 
 
 if __name__ == "__main__":
