@@ -200,15 +200,16 @@ def _unions(value: np.ndarray) -> np.ndarray:
 
 
 def _top_load(prices: np.ndarray, sizes: np.ndarray, support, most: int) -> float:
-    """The most price ``most`` neurons of a support's groups can carry (best groups first)."""
+    """The most price ``most`` neurons of a support's groups can carry (best groups first; a
+    negative price is never taken, which only raises this upper bound)."""
     g = np.fromiter(support, np.int64)
     order = np.argsort(-prices[g])
     take = np.minimum(np.cumsum(sizes[g][order]), most)
-    return float(np.diff(take, prepend=0) @ prices[g][order])
+    return float(np.diff(take, prepend=0) @ np.maximum(prices[g][order], 0.0))
 
 
-def _normal_prices(prices, tables, num_layers: int):
-    """Each layer's prices shifted to be >= 0, with 0 on groups that read nothing (``_tables``)."""
+def _checked_prices(prices, tables, num_layers: int):
+    """Each layer's prices as floats, with 0 on groups that read nothing (``_tables``)."""
     out = [None]
     for k in range(1, num_layers + 1):
         groups, inputs, read = tables[k]
@@ -216,9 +217,7 @@ def _normal_prices(prices, tables, num_layers: int):
         p = np.zeros(n) if prices is None or prices[k] is None else np.asarray(prices[k], float).copy()
         if p.shape != (n,) or not np.all(np.isfinite(p)):
             raise ValueError(f"layer {k} prices: expected {n} finite values (one per compute group)")
-        reads = np.array([r.size > 0 for r in inputs])
-        p = np.where(reads, p - (p[reads].min() if reads.any() else 0.0), 0.0)
-        out.append(p)
+        out.append(np.where([r.size > 0 for r in inputs], p, 0.0))
     return out
 
 
@@ -280,7 +279,9 @@ def class_assignment_prices(network: SparseNetwork, num_parts: int) -> tuple | N
             return None
         sources[k - 1] = -res.x[:rows] / u
         readers[k] = -res.x[rows:] / u
-    return readers, sources
+    # where every device holds exactly one unit per layer (epsilon * u < 1), a constant added to a
+    # layer's prices changes nothing but makes them >= 0, where the bound sees that it holds the unit
+    return tuple([None] + [p - p.min() for p in side[1:]] for side in (readers, sources))
 
 
 def _chain_bound(network, num_parts, epsilon, max_inputs, prices) -> int:
@@ -312,8 +313,8 @@ def _chain_bound(network, num_parts, epsilon, max_inputs, prices) -> int:
     # prices, so P * (one device's least priced cost) + the constant bounds V. A layer's price is
     # split in two roles, each counted in one transition: `readers` when S^k reads (k-1 -> k),
     # `sources` when it is read (k -> k+1). Layer 1 never reads and layer L is never read here.
-    readers = _normal_prices(None if prices is None else prices[0], tables, num_layers)
-    sources = _normal_prices(None if prices is None else prices[1], tables, num_layers)
+    readers = _checked_prices(None if prices is None else prices[0], tables, num_layers)
+    sources = _checked_prices(None if prices is None else prices[1], tables, num_layers)
     readers[1][:] = 0.0
     sources[num_layers][:] = 0.0
     offset = sum(
@@ -339,14 +340,14 @@ def _chain_bound(network, num_parts, epsilon, max_inputs, prices) -> int:
             continue
         phi = _gain(network, k, prev, tables[k], (step, states, supports), most, readers[k], sources[k - 1])
         # no more than S^{k-1} or Y holds, plus the most price either side can carry
-        ceiling = np.minimum(most[k - 1], size_of) + most[k - 1] * sources[k - 1].max() + most[k] * readers[k].max()
+        carry = most[k - 1] * max(0.0, sources[k - 1].max()) + most[k] * max(0.0, readers[k].max())
+        ceiling = np.minimum(most[k - 1], size_of) + carry
         phi = np.minimum(phi, ceiling[None, :])
         # receives at layer k from state a to state w: w - phi[a, w]; from the lumped state the
         # overlap is only capped
         via_states = (cost[:, None] + (size_of[None, :] - phi)).min(0)
         via_lumped = lumped_cost + size_of - ceiling
-        top = min(most[k - 1], above) + most[k - 1] * sources[k - 1].max() + most[k] * readers[k].max()
-        new_lumped = min(cost.min(), lumped_cost) + above - top
+        new_lumped = min(cost.min(), lumped_cost) + above - (min(most[k - 1], above) + carry)
         cost, lumped_cost = np.where(reachable, np.minimum(via_states, via_lumped), np.inf), new_lumped
         prev = (groups, step, states, supports)
     raw = num_parts * min(cost.min(), lumped_cost) + offset
@@ -389,6 +390,7 @@ def _gain(network, k, prev, table, tracked, most, readers, sources) -> np.ndarra
     read_steps = read_sizes // step
     prev_sizes = np.bincount(prev_groups, minlength=sources.size)
     lams = np.unique(np.concatenate([[0.0], sources, 1.0 + sources]))
+    lams = lams[lams >= 0]
     if lams.size > _MULTIPLIERS:
         lams = np.unique(np.concatenate([[0.0], np.quantile(lams, np.linspace(0, 1, _MULTIPLIERS))]))
     phi = None
@@ -397,7 +399,7 @@ def _gain(network, k, prev, table, tracked, most, readers, sources) -> np.ndarra
         base = member @ (prev_sizes * np.maximum(sources - lam, 0.0))
         per_read = member @ (overlap * worth[:, None])  # [supports of layer k-1, read groups]
         by_support = _knapsack(per_read @ spans + carried[None, :], support_steps, states)
-        by_read = _knapsack(per_read, read_steps, states) + most[k] * readers.max()
+        by_read = _knapsack(per_read, read_steps, states) + most[k] * max(0.0, readers.max())
         value = np.zeros((prev_states + 1, states + 1))
         np.maximum.at(value, totals, np.minimum(by_support, by_read) + base[:, None])
         bound = _unions(value) + lam * most[k - 1]
