@@ -209,7 +209,7 @@ def _top_load(prices: np.ndarray, sizes: np.ndarray, support, most: int) -> floa
 
 
 def _checked_prices(prices, tables, num_layers: int):
-    """Each layer's prices as floats, with 0 on groups that read nothing (``_tables``)."""
+    """Each layer's prices as floats, with 0 on groups that read nothing (:func:`_group_inputs`)."""
     out = [None]
     for k in range(1, num_layers + 1):
         groups, inputs, read = tables[k]
