@@ -241,11 +241,10 @@ def device_chain_bound(
     the groups every device would like. ``"auto"`` (default) also tries
     :func:`class_assignment_prices` where they exist and returns the larger bound; ``None`` uses
     none."""
-    if prices == "auto":
-        best = _chain_bound(network, num_parts, epsilon, max_inputs, None)
+    if isinstance(prices, str) and prices == "auto":
         dual = class_assignment_prices(network, num_parts)
-        return best if dual is None else max(best, _chain_bound(network, num_parts, epsilon, max_inputs, dual))
-    return _chain_bound(network, num_parts, epsilon, max_inputs, prices)
+        return _chain_bound(network, num_parts, epsilon, max_inputs, [None] if dual is None else [None, dual])
+    return _chain_bound(network, num_parts, epsilon, max_inputs, [prices])
 
 
 def class_assignment_prices(network: SparseNetwork, num_parts: int) -> tuple | None:
@@ -284,7 +283,9 @@ def class_assignment_prices(network: SparseNetwork, num_parts: int) -> tuple | N
     return tuple([None] + [p - p.min() for p in side[1:]] for side in (readers, sources))
 
 
-def _chain_bound(network, num_parts, epsilon, max_inputs, prices) -> int:
+def _chain_bound(network, num_parts, epsilon, max_inputs, price_sets: list) -> int:
+    """The largest of the bounds for each of ``price_sets`` (None: no prices), from one pass over
+    the layers: the groups, supports and reachable states do not depend on the prices."""
     if network.num_layers < 2:
         return 0
     num_layers = network.num_layers
@@ -313,17 +314,20 @@ def _chain_bound(network, num_parts, epsilon, max_inputs, prices) -> int:
     # prices, so P * (one device's least priced cost) + the constant bounds V. A layer's price is
     # split in two roles, each counted in one transition: `readers` when S^k reads (k-1 -> k),
     # `sources` when it is read (k -> k+1). Layer 1 never reads and layer L is never read here.
-    readers = _checked_prices(None if prices is None else prices[0], tables, num_layers)
-    sources = _checked_prices(None if prices is None else prices[1], tables, num_layers)
-    readers[1][:] = 0.0
-    sources[num_layers][:] = 0.0
-    offset = sum(
-        float((readers[k] + sources[k]) @ np.bincount(tables[k][0], minlength=readers[k].size))
-        for k in range(1, num_layers + 1)
-    )
+    priced = []  # per price set: (readers, sources, the constant sum_g price_g |g|)
+    for prices in price_sets:
+        readers = _checked_prices(None if prices is None else prices[0], tables, num_layers)
+        sources = _checked_prices(None if prices is None else prices[1], tables, num_layers)
+        readers[1][:] = 0.0
+        sources[num_layers][:] = 0.0
+        offset = sum(
+            float((readers[k] + sources[k]) @ np.bincount(tables[k][0], minlength=readers[k].size))
+            for k in range(1, num_layers + 1)
+        )
+        priced.append((readers, sources, offset))
     # per state s of layer k (|In(S^k)| == s * step, or above the tracked range: `lumped`), the
     # fewest (priced) entries one device receives up to layer k
-    cost = lumped_cost = None
+    costs = [None] * len(priced)  # per price set: (cost per state, lumped cost)
     prev = None
     for k in range(1, num_layers + 1):
         groups, inputs, read = tables[k]  # read: layer k-1 neurons by their readers in layer k
@@ -334,25 +338,29 @@ def _chain_bound(network, num_parts, epsilon, max_inputs, prices) -> int:
         # an empty S^k, or one of neurons without inputs only, needs no inputs
         reachable[0] = may_be_empty[k] or (smallest == 0 and least[k] == 0)
         above = (states + 1) * step  # the least a lumped state can need
-        if k == 1:  # layer 0 is free: the device may hold any of its inputs there
-            cost, lumped_cost = np.where(reachable, 0.0, np.inf), 0.0
-            prev = (groups, step, states, supports)
-            continue
-        phi = _gain(network, k, prev, tables[k], (step, states, supports), most, readers[k], sources[k - 1])
-        # no more than S^{k-1} or Y holds, plus the most price either side can carry
-        carry = most[k - 1] * max(0.0, sources[k - 1].max()) + most[k] * max(0.0, readers[k].max())
-        ceiling = np.minimum(most[k - 1], size_of) + carry
-        phi = np.minimum(phi, ceiling[None, :])
-        # receives at layer k from state a to state w: w - phi[a, w]; from the lumped state the
-        # overlap is only capped
-        via_states = (cost[:, None] + (size_of[None, :] - phi)).min(0)
-        via_lumped = lumped_cost + size_of - ceiling
-        new_lumped = min(cost.min(), lumped_cost) + above - (min(most[k - 1], above) + carry)
-        cost, lumped_cost = np.where(reachable, np.minimum(via_states, via_lumped), np.inf), new_lumped
+        for i, (readers, sources, _) in enumerate(priced):
+            if k == 1:  # layer 0 is free: the device may hold any of its inputs there
+                costs[i] = (np.where(reachable, 0.0, np.inf), 0.0)
+                continue
+            cost, lumped_cost = costs[i]
+            phi = _gain(network, k, prev, tables[k], (step, states, supports), most, readers[k], sources[k - 1])
+            # no more than S^{k-1} or Y holds, plus the most price either side can carry
+            carry = most[k - 1] * max(0.0, sources[k - 1].max()) + most[k] * max(0.0, readers[k].max())
+            ceiling = np.minimum(most[k - 1], size_of) + carry
+            phi = np.minimum(phi, ceiling[None, :])
+            # receives at layer k from state a to state w: w - phi[a, w]; from the lumped state
+            # the overlap is only capped
+            via_states = (cost[:, None] + (size_of[None, :] - phi)).min(0)
+            via_lumped = lumped_cost + size_of - ceiling
+            new_lumped = min(cost.min(), lumped_cost) + above - (min(most[k - 1], above) + carry)
+            costs[i] = (np.where(reachable, np.minimum(via_states, via_lumped), np.inf), new_lumped)
         prev = (groups, step, states, supports)
-    raw = num_parts * min(cost.min(), lumped_cost) + offset
-    # the volume is an integer at least `raw`; the margin absorbs float rounding of the prices
-    return max(0, int(np.ceil(raw - 1e-7 * max(1.0, abs(raw)))))
+    best = 0
+    for (cost, lumped_cost), (_, _, offset) in zip(costs, priced):
+        raw = num_parts * min(cost.min(), lumped_cost) + offset
+        # the volume is an integer at least `raw`; the margin absorbs float rounding of the prices
+        best = max(best, int(np.ceil(raw - 1e-7 * max(1.0, abs(raw)))))
+    return best
 
 
 def _gain(network, k, prev, table, tracked, most, readers, sources) -> np.ndarray:
